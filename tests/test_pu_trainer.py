@@ -104,7 +104,7 @@ def test_cli_train_pu_writes_results_and_takes_a_loss_file(tmp_path, capsys):
     for key in ("loss", "seed", "test_f1", "test_auc", "val_fitness", "threshold", "prior_used"):
         assert key in result
     assert result["loss"] == "pan2" and 0 < result["threshold"] < 1
-    assert "test f1" in capsys.readouterr().out
+    assert "test  f1" in capsys.readouterr().out
 
 
 def test_cli_refuses_bad_options(tmp_path, capsys):

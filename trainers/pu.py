@@ -24,7 +24,7 @@ from trainers.data.shards import EmbeddingTable, read_table
 from trainers.data.synthetic import synthetic_pu_problem
 from trainers.losses.pu import naive_loss, nnpu_loss, pan_losses, upu_loss, vpu_loss
 from trainers.losses.taylor import TaylorLoss, taylor_player_losses
-from trainers.metrics import DEFAULT_FITNESS, classification_metrics, lee_liu_threshold, pu_fitness
+from trainers.metrics import DEFAULT_FITNESS, classification_metrics, shared_threshold, pu_fitness
 from trainers.models.mlp import StackedMLP
 
 BASELINES = ("naive", "oracle", "upu", "nnpu", "vpu", "pan")
@@ -320,7 +320,7 @@ def evaluate_members(pop: Population, split: PUSplit, fitness: str, prior: float
         if not np.isfinite(row).all():
             results.append(MemberEvaluation(float("nan"), float("nan"), "diverged"))
             continue
-        threshold, _ = lee_liu_threshold(row, split.val_labelled)
+        threshold = shared_threshold(row, split.val_labelled)
         value = pu_fitness(fitness, row, split.val_labelled, prior=prior, truth=split.val_truth)
         results.append(MemberEvaluation(value, threshold, "ok"))
     return results
