@@ -116,6 +116,104 @@ def run_embed(args) -> int:
     return 0
 
 
+# -- search, resume, report ---------------------------------------------------------------
+
+
+def _search_options_parser(p, defaults) -> None:
+    d = defaults
+    p.add_argument("--name", help="results folder name under --storage (default: search-<date>-<time>)")
+    p.add_argument("--storage", default=d.storage, help="where results folders live")
+    p.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--train", help="Parquet shards (default: the built-in synthetic problem)")
+    p.add_argument("--test", help="Parquet with the truth, scored once for the final report")
+    p.add_argument("--budget", type=int, default=d.budget, help="candidates to evaluate")
+    p.add_argument("--optimizer", default=d.optimizer, help="any name in Nevergrad's optimizer registry")
+    p.add_argument("--order", type=int, default=d.order, help="Taylor order, 1-4")
+    p.add_argument("--fitness", default=d.fitness, help="pu_auc (default), lee_liu, pu_accuracy, pu_f1")
+    p.add_argument("--pack", type=int, default=d.pack, help="candidates trained together in one trial")
+    p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: from cluster resources)")
+    p.add_argument("--workers-per-trial", type=int, default=d.workers_per_trial)
+    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker, help="fractional allowed")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--seeds-per-candidate", type=int, default=d.seeds_per_candidate)
+    p.add_argument("--seed-losses", default=",".join(d.seed_losses), help="Taylor points evaluated first: pan,naive,upu,nnpu")
+    p.add_argument("--labelled-frac", type=float, default=d.labelled_frac)
+    p.add_argument("--prior", type=float, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="Train restarts per pack after a node loss")
+    p.add_argument("--smoke-test", action="store_true", help="budget 8, 2 epochs: checks the set-up in about a minute")
+
+
+def add_search(sub) -> None:
+    from search.tuner import SearchOptions
+
+    p = sub.add_parser("search", help="evolve a Taylor loss with Ray Tune + Nevergrad")
+    _search_options_parser(p, SearchOptions())
+    p.add_argument("--resume", action="store_true", help="continue the search --name where it stopped")
+    p.set_defaults(run=run_search_command)
+
+
+def options_from_args(args):
+    from search.tuner import SearchOptions
+
+    fields = SearchOptions.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["seed_losses"] = [s for s in args.seed_losses.split(",") if s]
+    if args.smoke_test:
+        values.update(budget=min(values["budget"], 8), epochs=2, pack=min(values["pack"], 4))
+    return SearchOptions(**values)
+
+
+def run_search_command(args) -> int:
+    from search.tuner import run_search
+
+    summary = run_search(options_from_args(args), resume=args.resume, address=args.address,
+                         log=lambda m: print(m, flush=True))
+    print(f"results in {summary['folder']} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+def add_resume(sub) -> None:
+    from search.tuner import SearchOptions
+
+    p = sub.add_parser("resume", help="continue an interrupted search")
+    p.add_argument("name")
+    p.add_argument("--storage", default=SearchOptions.storage)
+    p.add_argument("--address")
+    p.add_argument("--concurrency", type=int, default=None)
+    p.set_defaults(run=run_resume)
+
+
+def run_resume(args) -> int:
+    from search.tuner import SearchOptions, run_search
+
+    opts = SearchOptions(name=args.name, storage=args.storage, concurrency=args.concurrency)
+    summary = run_search(opts, resume=True, address=args.address, log=lambda m: print(m, flush=True))
+    print(f"results in {summary['folder']} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+def add_report(sub) -> None:
+    from search.tuner import SearchOptions
+
+    p = sub.add_parser("report", help="print a search's leaderboard and write its plots (also while it runs)")
+    p.add_argument("name")
+    p.add_argument("--storage", default=SearchOptions.storage)
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from search.report import format_leaderboard, write_report
+
+    folder = Path(args.storage).expanduser() / args.name
+    summary = write_report(folder)
+    print(format_leaderboard(summary, top=args.top))
+    print(f"wrote {folder}/leaderboard.csv, best_loss.json, best_loss.txt and plots")
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -127,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = [add_train_pu, add_embed]
+COMMANDS = [add_train_pu, add_embed, add_search, add_resume, add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,10 @@ class PUConfig:
     dropout: float = 0.0
     val_frac: float = 0.2
     fitness: str = DEFAULT_FITNESS
+    # Keep the epoch with the best PU validation fitness (labelled vs unlabelled only), as
+    # early stopping would; without it, methods that overfit the few labelled positives
+    # (VPU, PAN) are judged on their collapsed last epoch.
+    select_epoch: bool = True
     device: str = "cpu"
     # method hyper-parameters
     pan_lambda: float = 0.1  # chosen by PU validation fitness on the default problem (1.0 let C run away)
@@ -134,6 +138,35 @@ class Population:
     mix_rngs: list[np.random.Generator]  # one per member: VPU's MixUp weights
     alive: torch.Tensor  # [K] bool: False once a member's loss or weights went non-finite
     epoch: int = 0
+    # Epoch selection on PU validation fitness: each member's best fitness so far, the epoch it
+    # came from, and a copy of its selector weights then (only the selector is the classifier).
+    best_fitness: np.ndarray | None = None
+    best_epoch: np.ndarray | None = None
+    best_selector: list[torch.Tensor] | None = None
+
+    def __post_init__(self):
+        if self.best_fitness is None:
+            self.best_fitness = np.full(self.size, -np.inf)
+            self.best_epoch = np.zeros(self.size, dtype=int)
+            self.best_selector = [p.detach().clone() for p in self.selector.parameters()]
+
+    def track_best(self, fitness: np.ndarray) -> None:
+        """Keep each member's selector from its best validation epoch so far."""
+        improved = np.isfinite(fitness) & (fitness > self.best_fitness)
+        if improved.any():
+            rows = torch.as_tensor(improved, device=self.alive.device)
+            with torch.no_grad():
+                for best, p in zip(self.best_selector, self.selector.parameters()):
+                    best[rows] = p.detach()[rows]
+            self.best_fitness = np.where(improved, fitness, self.best_fitness)
+            self.best_epoch = np.where(improved, self.epoch, self.best_epoch)
+
+    def use_best_selector(self) -> None:
+        """Load each member's best-epoch selector (members never evaluated keep their weights)."""
+        seen = torch.as_tensor(np.isfinite(self.best_fitness), device=self.alive.device)
+        with torch.no_grad():
+            for best, p in zip(self.best_selector, self.selector.parameters()):
+                p[seen] = best[seen]
 
     @property
     def size(self) -> int:
@@ -148,6 +181,9 @@ class Population:
             "mix_rngs": [r.bit_generator.state for r in self.mix_rngs],
             "alive": self.alive.cpu(),
             "epoch": self.epoch,
+            "best_fitness": self.best_fitness,
+            "best_epoch": self.best_epoch,
+            "best_selector": self.best_selector,
             "seeds": self.seeds,
         }
 
@@ -164,9 +200,13 @@ class Population:
             r.bit_generator.state = s
         self.alive = state["alive"].to(self.alive.device)
         self.epoch = int(state["epoch"])
+        self.best_fitness, self.best_epoch = state["best_fitness"], state["best_epoch"]
+        self.best_selector = [t.to(self.alive.device) for t in state["best_selector"]]
 
 
-def build_population(objective: Objective, seeds: list[int], dim: int, cfg: PUConfig) -> Population:
+def build_population(objective: Objective, seeds: list[int], dim: int, cfg: PUConfig, stream: int = 0) -> Population:
+    """``stream`` shifts only the batch-order streams: data-parallel workers (one stream per rank)
+    start from identical weights but draw different batches."""
     k = len(seeds)
     device = torch.device(cfg.device)
     # Member seeds are offset per network so C and D never start from the same weights.
@@ -183,8 +223,8 @@ def build_population(objective: Objective, seeds: list[int], dim: int, cfg: PUCo
         selector=selector,
         discriminator=discriminator,
         optimizer=optimizer,
-        generators=[torch.Generator().manual_seed(30_000 + s) for s in seeds],
-        mix_rngs=[np.random.default_rng([s, 40_000]) for s in seeds],
+        generators=[torch.Generator().manual_seed(30_000 + s + 1_000_003 * stream) for s in seeds],
+        mix_rngs=[np.random.default_rng([s, 40_000, stream]) for s in seeds],
         alive=torch.ones(k, dtype=torch.bool, device=device),
     )
 
@@ -198,18 +238,22 @@ class TrainTensors:
     unlabelled: torch.Tensor  # indices of unlabelled points (true negatives for the oracle)
 
     @classmethod
-    def from_split(cls, split: PUSplit, method: str, device: str | torch.device = "cpu") -> "TrainTensors":
+    def from_split(
+        cls, split: PUSplit, method: str, device: str | torch.device = "cpu", shard: tuple[int, int] = (0, 1)
+    ) -> "TrainTensors":
+        """``shard=(rank, world)``: a data-parallel worker takes every world-th unlabelled point."""
         if method == "oracle":
             if split.train_truth is None:
                 raise ValueError("the oracle needs the truth 'label' (benchmark mode)")
             positive, unlabelled = split.train_truth == 1, split.train_truth == 0
         else:
             positive, unlabelled = split.train_labelled, ~split.train_labelled
+        rank, world = shard
         x = torch.as_tensor(split.x_train, dtype=torch.float32, device=device)
         return cls(
             x=x,
             positive=torch.as_tensor(np.flatnonzero(positive), device=device),
-            unlabelled=torch.as_tensor(np.flatnonzero(unlabelled), device=device),
+            unlabelled=torch.as_tensor(np.flatnonzero(unlabelled)[rank::world], device=device),
         )
 
 
@@ -254,8 +298,17 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
     return loss_d + loss_c
 
 
-def train_epoch(pop: Population, data: TrainTensors, cfg: PUConfig) -> dict[str, np.ndarray]:
-    """One pass over the unlabelled pool for every member. Returns per-member mean losses."""
+GradientSync = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def train_epoch(
+    pop: Population, data: TrainTensors, cfg: PUConfig, sync: GradientSync | None = None
+) -> dict[str, np.ndarray]:
+    """One pass over the unlabelled pool for every member. Returns per-member mean losses.
+
+    ``sync(params, alive) -> alive``, given by a data-parallel worker loop, averages gradients
+    across workers (and agrees on which members are alive) between backward and step.
+    """
     pop.selector.train()
     if pop.discriminator is not None:
         pop.discriminator.train()
@@ -276,6 +329,8 @@ def train_epoch(pop: Population, data: TrainTensors, cfg: PUConfig) -> dict[str,
         pop.alive &= torch.isfinite(losses)
         pop.optimizer.zero_grad(set_to_none=False)
         torch.where(pop.alive, losses, torch.zeros_like(losses)).sum().backward()
+        if sync is not None:
+            pop.alive = sync(params, pop.alive)
         if not bool(pop.alive.all()):
             # A diverged member must not poison the step: zero its gradients, tame its weights.
             dead = ~pop.alive
@@ -367,8 +422,14 @@ def train_pu(
     data = TrainTensors.from_split(split, method, cfg.device)
     for epoch in range(cfg.epochs):
         stats = train_epoch(pop, data, cfg)
+        (member,) = evaluate_members(pop, split, cfg.fitness, prior)
+        pop.track_best(np.array([member.fitness]))
         if epoch == 0 or (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:
-            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss'][0]:.4f}")
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss'][0]:.4f}  val {cfg.fitness} {member.fitness:.4f}")
+        if member.status != "ok":
+            break
+    if cfg.select_epoch:
+        pop.use_best_selector()
     (member,) = evaluate_members(pop, split, cfg.fitness, prior)
     result = {
         "loss": loss_label(loss),
@@ -379,6 +440,7 @@ def train_pu(
         "threshold": float(1 / (1 + math.exp(-member.threshold))) if member.status == "ok" else float("nan"),
         "threshold_logit": member.threshold,
         "prior_used": prior,
+        "epoch_used": int(pop.best_epoch[0]) if cfg.select_epoch else pop.epoch,
         "train_source": split.source,
         "n_train": int(len(split.x_train)),
         "n_labelled": int(split.train_labelled.sum()),

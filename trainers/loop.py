@@ -1,0 +1,130 @@
+"""The Ray Train worker loop: data once per worker, a packed population, a checkpoint and one
+report per epoch. The only module of ``trainers`` that imports Ray.
+
+A trial hands the loop a *pack*: K candidate losses, each trained with S seeds, so K x S
+selector/discriminator pairs train in one vectorised step (``trainers.pu``). Every epoch rank 0
+reports each candidate's validation fitness (mean over its seeds) with a checkpoint; a re-run
+of the same Train run name resumes from the newest checkpoint. With several workers the loop is
+data-parallel: each takes a shard of the unlabelled pool and gradients are averaged.
+
+Config keys (all plain JSON values, so Tune can log them):
+  data:        {"train": path | None, "labelled_frac", "seed", "val_frac"}
+  pu:          PUConfig fields (epochs, batch_size, lr, hidden, depth, dropout, fitness, ...)
+  candidates:  [{"id", "order", "coefficients", "center"}]
+  seeds:       member seeds per candidate
+  prior:       class prior for fitness that needs one, or None
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from functools import lru_cache
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from trainers.data.pu import PUSplit, make_pu_split
+from trainers.data.shards import read_table
+from trainers.data.synthetic import synthetic_pu_problem
+from trainers.losses.taylor import TaylorLoss
+from trainers.pu import Objective, PUConfig, TrainTensors, build_population, evaluate_members, train_epoch
+
+CHECKPOINT_FILE = "population.pt"
+# Told to the optimiser for a candidate that diverged (NaN/inf loss or weights): below every
+# fitness we offer (AUCs and accuracies are >= 0, estimated accuracy >= -prior > -1).
+DIVERGED_FITNESS = -1.0
+
+
+@lru_cache(maxsize=4)
+def load_split(train: str | None, labelled_frac: float, seed: int, val_frac: float) -> PUSplit:
+    """Read (or generate) and split once per worker process; actor reuse keeps it warm.
+
+    Only the training file is read here: the test split never reaches a search worker.
+    """
+    table = synthetic_pu_problem()[0] if train is None else read_table(train)
+    return make_pu_split(table, labelled_frac, seed, val_frac)
+
+
+def _gradient_sync(params: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
+    world = dist.get_world_size()
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+    agreed = alive.to(torch.int32)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)  # a member dead on one worker is dead everywhere
+    return agreed.bool()
+
+
+def candidate_fitness(fitness: list[float], statuses: list[str], seeds_per_candidate: int):
+    """Per-candidate mean over its seeds; any diverged seed makes the candidate diverged."""
+    out = []
+    for i in range(0, len(fitness), seeds_per_candidate):
+        group = slice(i, i + seeds_per_candidate)
+        if all(s == "ok" for s in statuses[group]):
+            out.append((float(np.mean(fitness[group])), "ok"))
+        else:
+            out.append((DIVERGED_FITNESS, "diverged"))
+    return out
+
+
+def pu_worker_loop(config: dict) -> None:
+    started = time.perf_counter()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    cfg = PUConfig(**{**config["pu"], "device": str(device)})
+    d = config["data"]
+    split = load_split(d["train"], d["labelled_frac"], d["seed"], d["val_frac"])
+    candidates = config["candidates"]
+    seeds = list(config["seeds"])
+    losses = [TaylorLoss(c["order"], c["coefficients"], c["center"], name=str(c["id"])) for c in candidates]
+    member_losses = [loss for loss in losses for _ in seeds]
+    member_seeds = [s for _ in losses for s in seeds]
+    pop = build_population(Objective.taylor(member_losses, device), member_seeds, split.dim, cfg, stream=rank)
+    data = TrainTensors.from_split(split, "taylor", device, shard=(rank, world))
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            pop.load_state_dict(torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=False))
+
+    sync = _gradient_sync if world > 1 else None
+    train_seconds = 0.0
+    while pop.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        train_epoch(pop, data, cfg, sync=sync)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - t0
+        evaluations = evaluate_members(pop, split, cfg.fitness, config.get("prior"))
+        pop.track_best(np.array([e.fitness for e in evaluations]))
+        fitness = pop.best_fitness if cfg.select_epoch else [e.fitness for e in evaluations]
+        per_candidate = candidate_fitness(list(fitness), [e.status for e in evaluations], len(seeds))
+        all_diverged = not bool(pop.alive.any())
+        done = pop.epoch >= cfg.epochs or all_diverged  # nothing left to learn: stop early
+        metrics = {
+            "epoch": pop.epoch,
+            "candidate_ids": [c["id"] for c in candidates],
+            "candidate_fitness": [f for f, _ in per_candidate],
+            "candidate_status": [s for _, s in per_candidate],
+            "best_fitness": max(f for f, _ in per_candidate),
+            "done": done,
+            "train_seconds": train_seconds,
+            "worker_seconds": time.perf_counter() - started,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            report_checkpoint = None
+            if rank == 0:
+                torch.save(pop.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=report_checkpoint)
+        if done:
+            break
