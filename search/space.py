@@ -41,11 +41,17 @@ class TaylorSpace:
         param.random_state.seed(seed)
         return param
 
-    def to_loss(self, vector, name: str = "taylor") -> TaylorLoss:
+    def split(self, vector) -> tuple[list[float], list[float]]:
+        """A candidate vector as (coefficients, center), unvalidated: a NaN an optimiser produced
+        must reach training and be scored as a diverged candidate, not crash the trial."""
         vector = np.asarray(vector, dtype=float)
         if vector.shape != (self.dimension,):
             raise ValueError(f"order-{self.order} candidates have {self.dimension} values, got {vector.shape}")
-        return TaylorLoss(self.order, vector[: self.num_coefficients].tolist(), tuple(vector[-4:]), name=name)
+        return vector[: self.num_coefficients].tolist(), vector[-4:].tolist()
+
+    def to_loss(self, vector, name: str = "taylor") -> TaylorLoss:
+        coefficients, center = self.split(vector)
+        return TaylorLoss(self.order, coefficients, tuple(center), name=name)
 
     def to_vector(self, loss: TaylorLoss) -> np.ndarray:
         """A loss as a point of this space, clipped into its bounds."""
@@ -56,11 +62,16 @@ class TaylorSpace:
         return np.r_[coefficients, center]
 
 
-def make_optimizer(name: str, space: TaylorSpace, budget: int, num_workers: int, seed: int):
-    """An optimiser from Nevergrad's registry by name, with a clear error for a typo."""
+def check_optimizer(name: str) -> None:
+    """A clear error for a name that is not in Nevergrad's registry."""
     if name not in ng.optimizers.registry:
         import difflib
 
         close = difflib.get_close_matches(name, list(ng.optimizers.registry), n=5)
         raise ValueError(f"unknown optimizer {name!r}" + (f"; did you mean {close}?" if close else ""))
+
+
+def make_optimizer(name: str, space: TaylorSpace, budget: int, num_workers: int, seed: int):
+    """An optimiser from Nevergrad's registry by name."""
+    check_optimizer(name)
     return ng.optimizers.registry[name](parametrization=space.parametrization(seed), budget=budget, num_workers=num_workers)

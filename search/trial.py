@@ -24,8 +24,8 @@ def pack_trial(config: dict, setup: dict) -> None:
     space = TaylorSpace(order=setup["order"])
     candidates = []
     for c in config["candidates"]:
-        loss = space.to_loss(c["vector"], name=str(c["id"]))
-        candidates.append({"id": c["id"], "order": loss.order, "coefficients": loss.coefficients, "center": list(loss.center)})
+        coefficients, center = space.split(c["vector"])
+        candidates.append({"id": c["id"], "order": space.order, "coefficients": coefficients, "center": center})
     gpus = setup["gpus_per_worker"]
     trainer = TorchTrainer(
         pu_worker_loop,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from search.evaluations import EvaluationLog
 from search.report import SPEC_FILE, format_leaderboard, load_spec, write_report
-from search.space import TaylorSpace
+from search.space import TaylorSpace, check_optimizer
 from trainers.losses.seeds import NEEDS_PRIOR, taylor_point
 from trainers.metrics import FITNESS_NEEDS_PRIOR, PU_FITNESS, TRUTH_FITNESS
 from trainers.pu import PUConfig
@@ -65,6 +65,7 @@ class SearchOptions:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"--name must be a plain folder name, got {self.name!r}")
         TaylorSpace(order=self.order).dimension  # raises on a bad order
+        check_optimizer(self.optimizer)
         for name in self.seed_losses:
             taylor_point(name, self.order)  # raises on an unknown seed loss
 
@@ -123,7 +124,11 @@ def default_concurrency(opts: SearchOptions) -> int:
     return max(1, min(limits) if limits else 1)
 
 
-def run_search(opts: SearchOptions, resume: bool = False, address: str | None = None, log=print) -> dict:
+def run_search(
+    opts: SearchOptions, resume: bool = False, address: str | None = None, log=print, searcher_class=None
+) -> dict:
+    """Run (or resume) a search to its budget, then write the report. ``searcher_class`` lets a
+    caller substitute a :class:`PackSearcher` subclass (tests use it to inject a NaN candidate)."""
     import ray
     from ray import tune
 
@@ -166,7 +171,7 @@ def run_search(opts: SearchOptions, resume: bool = False, address: str | None = 
     seed_prior = prior if prior is not None else 0.5
     seeds = [(n, space.to_vector(taylor_point(n, opts.order, prior=seed_prior))) for n in opts.seed_losses]
     evaluation_log = EvaluationLog(folder)
-    searcher = PackSearcher(
+    searcher = (searcher_class or PackSearcher)(
         space, opts.optimizer, opts.budget, opts.pack, opts.pack * concurrency, opts.seed, evaluation_log,
         seed_vectors=seeds, progress=log,
     )

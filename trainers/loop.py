@@ -29,7 +29,6 @@ import torch.distributed as dist
 from trainers.data.pu import PUSplit, make_pu_split
 from trainers.data.shards import read_table
 from trainers.data.synthetic import synthetic_pu_problem
-from trainers.losses.taylor import TaylorLoss
 from trainers.pu import Objective, PUConfig, TrainTensors, build_population, evaluate_members, train_epoch
 
 CHECKPOINT_FILE = "population.pt"
@@ -85,10 +84,19 @@ def pu_worker_loop(config: dict) -> None:
     split = load_split(d["train"], d["labelled_frac"], d["seed"], d["val_frac"])
     candidates = config["candidates"]
     seeds = list(config["seeds"])
-    losses = [TaylorLoss(c["order"], c["coefficients"], c["center"], name=str(c["id"])) for c in candidates]
-    member_losses = [loss for loss in losses for _ in seeds]
-    member_seeds = [s for _ in losses for s in seeds]
-    pop = build_population(Objective.taylor(member_losses, device), member_seeds, split.dim, cfg, stream=rank)
+    # Coefficients go in raw (not through TaylorLoss's checks): a NaN candidate must train, be
+    # marked diverged and be told as a penalty, not fail the whole pack.
+    orders = {c["order"] for c in candidates}
+    if len(orders) != 1:
+        raise ValueError(f"a pack shares one Taylor order, got {sorted(orders)}")
+    objective = Objective(
+        "taylor",
+        taylor_coefficients=torch.tensor([c["coefficients"] for c in candidates for _ in seeds], dtype=torch.float32, device=device),
+        taylor_center=torch.tensor([c["center"] for c in candidates for _ in seeds], dtype=torch.float32, device=device),
+        taylor_order=orders.pop(),
+    )
+    member_seeds = [s for _ in candidates for s in seeds]
+    pop = build_population(objective, member_seeds, split.dim, cfg, stream=rank)
     data = TrainTensors.from_split(split, "taylor", device, shard=(rank, world))
 
     checkpoint = ray.train.get_checkpoint()

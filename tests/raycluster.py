@@ -1,0 +1,59 @@
+"""Helpers for tests that run real Ray processes: find and kill them by pid."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process in Unix session ``sid`` (a driver started with start_new_session=True
+    and every Ray process it spawned, including agents that outlive it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3]: session id; Z: zombie
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process of the session (Ray agents ignore SIGTERM) and wait until none is left."""
+    deadline = time.time() + timeout
+    while True:
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.time() > deadline:
+            raise RuntimeError(f"processes {pids} survived SIGKILL")
+        time.sleep(0.2)
+
+
+def lossforge(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    """Start ``lossforge ARGS`` as a driver in its own session, output to ``log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
