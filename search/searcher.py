@@ -120,11 +120,13 @@ class PackSearcher(Searcher):
         if finished:
             by_id = dict(zip(result["candidate_ids"], zip(result["candidate_fitness"], result["candidate_status"])))
         wall = None if result is None else result.get("worker_seconds")
+        train_seconds = None if result is None else result.get("train_seconds")
         for cid in members:
             fitness, status = by_id.get(cid, (DIVERGED_FITNESS, "error")) if finished else (DIVERGED_FITNESS, "error")
             if not np.isfinite(fitness):
                 fitness, status = DIVERGED_FITNESS, "diverged"
-            self.log.append(event="tell", id=cid, pack=pack, fitness=fitness, status=status, wall_seconds=wall, trial=trial_id)
+            self.log.append(event="tell", id=cid, pack=pack, fitness=fitness, status=status, wall_seconds=wall,
+                            train_seconds=train_seconds, trial=trial_id)
             self.optimizer.tell(self._candidates[cid], -float(fitness))
             self._told.add(cid)
         best = max((e.fitness for e in self.log.told() if e.status == "ok"), default=float("nan"))

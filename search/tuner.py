@@ -194,6 +194,7 @@ def run_search(
             "max_failures": opts.max_failures,
         }
         attempt = 1 + sum(1 for p in folder.glob("tune-*") if p.is_dir())
+        tuning_started = time.perf_counter()
         tuner = tune.Tuner(
             trainable(setup),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=packs, max_concurrent_trials=concurrency),
@@ -205,11 +206,14 @@ def run_search(
             ),
         )
         tuner.fit()
+        tuning_seconds = time.perf_counter() - tuning_started
+    else:
+        tuning_seconds = 0.0
     summary = write_report(folder)
     log(format_leaderboard(summary))
     summary["final"] = final_report(folder, opts, log) if summary["best"] else None
-    summary["seconds"] = time.perf_counter() - started
-    summary["folder"] = str(folder)
+    summary.update(seconds=time.perf_counter() - started, tuning_seconds=tuning_seconds,
+                   concurrency=concurrency, folder=str(folder))
     return summary
 
 

@@ -1,0 +1,100 @@
+"""Candidates per hour for the same candidates, data and epochs, three ways, measured in one run:
+
+  (a) bare:  no Ray, one process, each candidate trained alone with the same recipe (the limit
+             a researcher's plain loop reaches);
+  (b) naive: one Ray Train job per candidate (lossforge's search path with --pack 1);
+  (c) lossforge's default search path (packs of --pack candidates per Train job).
+
+Candidates come from Nevergrad's RandomSearch with a fixed seed, so all three train the same
+ones. Prints candidates/hour, the ratios, and the share of (c)'s trial slots spent outside
+training steps. The last line reads ``ratio c/a=<x> c/b=<y>``.
+
+    python benchmarks/search_throughput.py --quick      # under 2 minutes on 2 CPUs
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+
+from search.evaluations import EvaluationLog  # noqa: E402
+from search.space import TaylorSpace, make_optimizer  # noqa: E402
+from search.tuner import SearchOptions, run_search  # noqa: E402
+from trainers.loop import load_split  # noqa: E402
+from trainers.pu import Objective, PUConfig, TrainTensors, build_population, evaluate_members, train_epoch  # noqa: E402
+
+
+def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
+    opt = make_optimizer("RandomSearch", TaylorSpace(order), budget=n, num_workers=n, seed=seed)
+    return [np.asarray(opt.ask().value) for _ in range(n)]
+
+
+def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
+    """(seconds, training seconds) for the plain in-process loop, evaluation every epoch as in a trial."""
+    space = TaylorSpace(opts.order)
+    cfg = PUConfig(epochs=opts.epochs, seed=opts.seed, labelled_frac=opts.labelled_frac)
+    started = time.perf_counter()
+    split = load_split(opts.train, opts.labelled_frac, opts.seed, cfg.val_frac)
+    data = TrainTensors.from_split(split, "taylor")
+    training = 0.0
+    for v in vectors:
+        pop = build_population(Objective.taylor([space.to_loss(v)]), [opts.seed], split.dim, cfg)
+        for _ in range(cfg.epochs):
+            t0 = time.perf_counter()
+            train_epoch(pop, data, cfg)
+            training += time.perf_counter() - t0
+            pop.track_best(np.array([e.fitness for e in evaluate_members(pop, split, cfg.fitness, None)]))
+    return time.perf_counter() - started, training
+
+
+def searched(opts: SearchOptions) -> tuple[float, float, int]:
+    """(tuning seconds, summed training seconds, concurrency) of one search run, fresh cluster."""
+    summary = run_search(opts, log=lambda m: None)
+    ray.shutdown()
+    folder = Path(summary["folder"])
+    tells = [e for e in EvaluationLog(folder).events() if e["event"] == "tell"]
+    per_pack = {e["pack"]: e.get("train_seconds") or 0.0 for e in tells}
+    assert len({e["id"] for e in tells}) == opts.budget
+    return summary["tuning_seconds"], sum(per_pack.values()), summary["concurrency"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="8 candidates, 3 epochs")
+    p.add_argument("--candidates", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--pack", type=int, default=SearchOptions.pack)
+    p.add_argument("--train", help="Parquet shards (default: the built-in problem)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    args = p.parse_args()
+    n, epochs = (8, 3) if args.quick else (args.candidates, args.epochs)
+    storage = tempfile.mkdtemp(prefix="lossforge-throughput-")
+    common = dict(storage=storage, train=args.train, budget=n, epochs=epochs, optimizer="RandomSearch",
+                  seed_losses=[], gpus_per_worker=args.gpus_per_worker)
+    vectors = candidates(n, SearchOptions.order, SearchOptions.seed)
+    try:
+        a_s, a_train = bare(vectors, SearchOptions(**common))
+        b_s, b_train, b_conc = searched(SearchOptions(name="naive", pack=1, **common))
+        c_s, c_train, c_conc = searched(SearchOptions(name="packed", pack=args.pack, **common))
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    rate = lambda s: n / s * 3600  # noqa: E731
+    print(f"{n} candidates x {epochs} epochs on {args.train or 'the built-in problem'}")
+    print(f"{'path':<34} {'seconds':>8} {'cand/hour':>10} {'outside training':>17}")
+    print(f"{'(a) bare in-process loop':<34} {a_s:>8.1f} {rate(a_s):>10.0f} {1 - a_train / a_s:>16.0%}")
+    print(f"{'(b) one Train job per candidate':<34} {b_s:>8.1f} {rate(b_s):>10.0f} {1 - b_train / (b_s * b_conc):>16.0%}")
+    print(f"{f'(c) lossforge, packs of {args.pack}':<34} {c_s:>8.1f} {rate(c_s):>10.0f} {1 - c_train / (c_s * c_conc):>16.0%}")
+    print("(outside training: share of the trial slots' wall time (seconds x concurrent trials) not in training steps)")
+    print(f"ratio c/a={rate(c_s) / rate(a_s):.2f} c/b={rate(c_s) / rate(b_s):.2f}")
+
+
+if __name__ == "__main__":
+    main()
