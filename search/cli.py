@@ -214,6 +214,98 @@ def run_report(args) -> int:
     return 0
 
 
+# -- cluster jobs -------------------------------------------------------------------------
+
+SUBMIT_STORAGE = "~/lossforge_results"  # on the cluster: a job's working directory is temporary
+
+
+def search_argv(opts) -> list[str]:
+    """SearchOptions back to ``lossforge search`` flags (only what differs from the defaults)."""
+    from dataclasses import fields
+
+    from search.tuner import SearchOptions
+
+    defaults, argv = SearchOptions(), []
+    for f in fields(SearchOptions):
+        value = getattr(opts, f.name)
+        if value == getattr(defaults, f.name) and f.name != "storage":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        argv += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    return argv
+
+
+def add_submit(sub) -> None:
+    from search.tuner import SearchOptions
+
+    p = sub.add_parser("submit", help="send a search to a Ray cluster through the Jobs API")
+    _search_options_parser(p, SearchOptions(storage=SUBMIT_STORAGE))
+    p.add_argument("--resume", action="store_true", help="continue the search --name on the cluster")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p.add_argument("--no-working-dir", action="store_true",
+                   help="run the lossforge installed on the cluster instead of shipping this checkout")
+    p.set_defaults(run=run_submit)
+
+
+def run_submit(args) -> int:
+    from search import jobs
+
+    opts = options_from_args(args)
+    if opts.name is None:
+        import time
+
+        opts.name = time.strftime("search-%Y%m%d-%H%M%S")  # named here, so resume knows it
+    opts.validate()  # a bad option fails here, not minutes later on the cluster
+    argv = search_argv(opts) + (["--resume"] if args.resume else [])
+    job_id = jobs.submit(args.address, argv, working_dir=not args.no_working_dir)
+    print(f"submitted job {job_id}: search {opts.name!r} (resume with: lossforge submit --name {opts.name} --resume)")
+    if args.follow:
+        final = jobs.follow(args.address, job_id)
+        print(f"job {job_id}: {final}")
+        return 0 if final == "SUCCEEDED" else 1
+    return 0
+
+
+def add_jobs(sub) -> None:
+    p = sub.add_parser("jobs", help="list the cluster's jobs")
+    p.add_argument("--address")
+    p.set_defaults(run=run_jobs)
+    p = sub.add_parser("logs", help="print (or --follow) a job's logs")
+    p.add_argument("job_id")
+    p.add_argument("--address")
+    p.add_argument("--follow", action="store_true")
+    p.set_defaults(run=run_logs)
+    p = sub.add_parser("stop", help="stop a job")
+    p.add_argument("job_id")
+    p.add_argument("--address")
+    p.set_defaults(run=run_stop)
+
+
+def run_jobs(args) -> int:
+    from search import jobs
+
+    for job in jobs.list_jobs(args.address):
+        print(f"{job.submission_id or job.job_id}  {job.status}  {job.entrypoint}")
+    return 0
+
+
+def run_logs(args) -> int:
+    from search import jobs
+
+    if args.follow:
+        print(f"job {args.job_id}: {jobs.follow(args.address, args.job_id)}")
+    else:
+        print(jobs.logs(args.address, args.job_id), end="")
+    return 0
+
+
+def run_stop(args) -> int:
+    from search import jobs
+
+    print(f"job {args.job_id}: {'stop requested' if jobs.stop(args.address, args.job_id) else 'already finished'}")
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -225,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = [add_train_pu, add_embed, add_search, add_resume, add_report]
+COMMANDS = [add_train_pu, add_embed, add_search, add_resume, add_report, add_submit, add_jobs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, UsageError, ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:
+        if type(err).__name__ != "ClusterError":
+            raise
+        print(f"lossforge {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lossforge {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -98,15 +98,22 @@ def _check_data(opts: SearchOptions):
 
 
 def start_ray(address: str | None, quiet: bool = True) -> None:
+    """Join ``address``, or the cluster a Ray job runs in, or start a local cluster."""
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.update(RAY_ENV)  # a local cluster's processes inherit the driver's environment
-    kwargs = {"runtime_env": {"env_vars": dict(RAY_ENV)}, "log_to_driver": not quiet}
+    kwargs = {"log_to_driver": not quiet}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A driver submitted through the Jobs API: `lossforge submit` put RAY_ENV in the job's
+        # runtime environment already, and Ray refuses the same variables twice.
+        ray.init(**kwargs)
+        return
+    kwargs["runtime_env"] = {"env_vars": dict(RAY_ENV)}
     if address:
         ray.init(address=address, **kwargs)
     else:
+        os.environ.update(RAY_ENV)  # a local cluster's processes inherit the driver's environment
         ray.init(include_dashboard=False, **kwargs)
 
 

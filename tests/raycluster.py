@@ -57,3 +57,59 @@ def lossforge(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every live process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), cmdline)
+    return table
+
+
+def cluster_pids(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker`` (a cluster's --temp-dir), and all their
+    descendants: Ray's workers, agents and job drivers are children of its raylets."""
+    table = _processes()
+    found = {pid for pid, (_, cmd) in table.items() if marker in cmd}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found - {os.getpid()})
+
+
+def kill_cluster(marker: str, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while pids := cluster_pids(marker):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.time() > deadline:
+            raise RuntimeError(f"cluster processes {pids} survived SIGKILL")
+        time.sleep(0.3)
+
+
+def raylet_pids(marker: str) -> list[int]:
+    return [pid for pid, (_, cmd) in _processes().items() if marker in cmd and "/raylet/raylet " in cmd]
+
+
+def process_parent(pid: int) -> int | None:
+    entry = _processes().get(pid)
+    return None if entry is None else entry[0]
+
+
+def find_processes(text: str) -> list[int]:
+    return [pid for pid, (_, cmd) in _processes().items() if text in cmd]

@@ -100,9 +100,10 @@ def pu_worker_loop(config: dict) -> None:
     data = TrainTensors.from_split(split, "taylor", device, shard=(rank, world))
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # a restarted worker group, or a pack re-dispatched after a crash
         with checkpoint.as_directory() as folder:
             pop.load_state_dict(torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=False))
+    resumed_from_epoch = pop.epoch
 
     sync = _gradient_sync if world > 1 else None
     train_seconds = 0.0
@@ -125,6 +126,7 @@ def pu_worker_loop(config: dict) -> None:
             "candidate_status": [s for _, s in per_candidate],
             "best_fitness": max(f for f, _ in per_candidate),
             "done": done,
+            "resumed_from_epoch": resumed_from_epoch,
             "train_seconds": train_seconds,
             "worker_seconds": time.perf_counter() - started,
         }
