@@ -29,7 +29,7 @@ from search.evaluations import EvaluationLog  # noqa: E402
 from search.space import TaylorSpace, make_optimizer  # noqa: E402
 from search.tuner import SearchOptions, run_search  # noqa: E402
 from trainers.loop import load_split  # noqa: E402
-from trainers.pu import Objective, PUConfig, TrainTensors, build_population, evaluate_members, train_epoch  # noqa: E402
+from trainers.pu import PUConfig, train_pack  # noqa: E402
 
 
 def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
@@ -37,22 +37,22 @@ def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
     return [np.asarray(opt.ask().value) for _ in range(n)]
 
 
+def as_candidate(space: TaylorSpace, vector) -> dict:
+    coefficients, center = space.split(vector)
+    return {"order": space.order, "coefficients": coefficients, "center": center}
+
+
 def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
-    """(seconds, training seconds) for the plain in-process loop, evaluation every epoch as in a trial."""
+    """(seconds, training seconds) of the plain in-process loop: each candidate alone, the
+    same recipe and per-epoch evaluation as a trial."""
     space = TaylorSpace(opts.order)
     cfg = PUConfig(epochs=opts.epochs, seed=opts.seed, labelled_frac=opts.labelled_frac)
     started = time.perf_counter()
     split = load_split(opts.train, opts.labelled_frac, opts.seed, cfg.val_frac)
-    data = TrainTensors.from_split(split, "taylor")
-    training = 0.0
     for v in vectors:
-        pop = build_population(Objective.taylor([space.to_loss(v)]), [opts.seed], split.dim, cfg)
-        for _ in range(cfg.epochs):
-            t0 = time.perf_counter()
-            train_epoch(pop, data, cfg)
-            training += time.perf_counter() - t0
-            pop.track_best(np.array([e.fitness for e in evaluate_members(pop, split, cfg.fitness, None)]))
-    return time.perf_counter() - started, training
+        train_pack(split, [as_candidate(space, v)], [opts.seed], cfg)
+    seconds = time.perf_counter() - started
+    return seconds, seconds  # nothing but training and its evaluation happens here
 
 
 def searched(opts: SearchOptions) -> tuple[float, float, int]:

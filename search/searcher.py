@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 
 from search.evaluations import EvaluationLog
 from search.space import TaylorSpace, make_optimizer
-from trainers.loop import DIVERGED_FITNESS
+from trainers.pu import DIVERGED_FITNESS
 
 
 class PackSearcher(Searcher):

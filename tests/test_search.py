@@ -12,7 +12,7 @@ from search.evaluations import EvaluationLog
 from search.searcher import PackSearcher
 from search.tuner import RAY_ENV, SearchOptions, run_search
 from trainers.losses.taylor import TaylorLoss
-from trainers.loop import DIVERGED_FITNESS
+from trainers.pu import DIVERGED_FITNESS
 
 pytestmark = pytest.mark.slow
 

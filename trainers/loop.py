@@ -21,7 +21,6 @@ import tempfile
 import time
 from functools import lru_cache
 
-import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
@@ -29,12 +28,9 @@ import torch.distributed as dist
 from trainers.data.pu import PUSplit, make_pu_split
 from trainers.data.shards import read_table
 from trainers.data.synthetic import synthetic_pu_problem
-from trainers.pu import Objective, PUConfig, TrainTensors, build_population, evaluate_members, train_epoch
+from trainers.pu import PUConfig, TrainTensors, pack_fitness, pack_population, train_epoch
 
 CHECKPOINT_FILE = "population.pt"
-# Told to the optimiser for a candidate that diverged (NaN/inf loss or weights): below every
-# fitness we offer (AUCs and accuracies are >= 0, estimated accuracy >= -prior > -1).
-DIVERGED_FITNESS = -1.0
 
 
 @lru_cache(maxsize=4)
@@ -62,18 +58,6 @@ def _gradient_sync(params: list[torch.Tensor], alive: torch.Tensor) -> torch.Ten
     return agreed.bool()
 
 
-def candidate_fitness(fitness: list[float], statuses: list[str], seeds_per_candidate: int):
-    """Per-candidate mean over its seeds; any diverged seed makes the candidate diverged."""
-    out = []
-    for i in range(0, len(fitness), seeds_per_candidate):
-        group = slice(i, i + seeds_per_candidate)
-        if all(s == "ok" for s in statuses[group]):
-            out.append((float(np.mean(fitness[group])), "ok"))
-        else:
-            out.append((DIVERGED_FITNESS, "diverged"))
-    return out
-
-
 def pu_worker_loop(config: dict) -> None:
     started = time.perf_counter()
     context = ray.train.get_context()
@@ -84,19 +68,7 @@ def pu_worker_loop(config: dict) -> None:
     split = load_split(d["train"], d["labelled_frac"], d["seed"], d["val_frac"])
     candidates = config["candidates"]
     seeds = list(config["seeds"])
-    # Coefficients go in raw (not through TaylorLoss's checks): a NaN candidate must train, be
-    # marked diverged and be told as a penalty, not fail the whole pack.
-    orders = {c["order"] for c in candidates}
-    if len(orders) != 1:
-        raise ValueError(f"a pack shares one Taylor order, got {sorted(orders)}")
-    objective = Objective(
-        "taylor",
-        taylor_coefficients=torch.tensor([c["coefficients"] for c in candidates for _ in seeds], dtype=torch.float32, device=device),
-        taylor_center=torch.tensor([c["center"] for c in candidates for _ in seeds], dtype=torch.float32, device=device),
-        taylor_order=orders.pop(),
-    )
-    member_seeds = [s for _ in candidates for s in seeds]
-    pop = build_population(objective, member_seeds, split.dim, cfg, stream=rank)
+    pop = pack_population(candidates, seeds, split.dim, cfg, stream=rank)
     data = TrainTensors.from_split(split, "taylor", device, shard=(rank, world))
 
     checkpoint = ray.train.get_checkpoint()
@@ -113,10 +85,7 @@ def pu_worker_loop(config: dict) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - t0
-        evaluations = evaluate_members(pop, split, cfg.fitness, config.get("prior"))
-        pop.track_best(np.array([e.fitness for e in evaluations]))
-        fitness = pop.best_fitness if cfg.select_epoch else [e.fitness for e in evaluations]
-        per_candidate = candidate_fitness(list(fitness), [e.status for e in evaluations], len(seeds))
+        per_candidate = pack_fitness(pop, split, cfg, config.get("prior"), len(seeds))
         all_diverged = not bool(pop.alive.any())
         done = pop.epoch >= cfg.epochs or all_diverged  # nothing left to learn: stop early
         metrics = {

@@ -381,6 +381,62 @@ def evaluate_members(pop: Population, split: PUSplit, fitness: str, prior: float
     return results
 
 
+# -- packs of candidate losses (a search trial) ------------------------------------------------
+
+# Told to the optimiser for a candidate that diverged (NaN/inf loss or weights): below every
+# fitness we offer (AUCs and accuracies are >= 0, estimated accuracy >= -prior > -1).
+DIVERGED_FITNESS = -1.0
+
+
+def pack_population(candidates: list[dict], seeds: list[int], dim: int, cfg: PUConfig, stream: int = 0) -> Population:
+    """A population for K candidates x S seeds (member k*S + j is candidate k with seed j).
+
+    Candidates are ``{"order", "coefficients", "center"}``. Coefficients go in raw, not through
+    TaylorLoss's checks: a NaN candidate must train, be marked diverged and be told as a penalty,
+    not fail the whole pack.
+    """
+    orders = {c["order"] for c in candidates}
+    if len(orders) != 1:
+        raise ValueError(f"a pack shares one Taylor order, got {sorted(orders)}")
+    objective = Objective(
+        "taylor",
+        taylor_coefficients=torch.tensor([c["coefficients"] for c in candidates for _ in seeds], dtype=torch.float32, device=cfg.device),
+        taylor_center=torch.tensor([c["center"] for c in candidates for _ in seeds], dtype=torch.float32, device=cfg.device),
+        taylor_order=orders.pop(),
+    )
+    return build_population(objective, [s for _ in candidates for s in seeds], dim, cfg, stream=stream)
+
+
+def pack_fitness(pop: Population, split: PUSplit, cfg: PUConfig, prior: float | None, seeds_per_candidate: int):
+    """Evaluate the members now and return each candidate's (fitness, status).
+
+    Fitness is the mean over the candidate's seeds of their best-epoch fitness (with epoch
+    selection) or current fitness; any diverged seed makes the candidate diverged.
+    """
+    evaluations = evaluate_members(pop, split, cfg.fitness, prior)
+    pop.track_best(np.array([e.fitness for e in evaluations]))
+    fitness = pop.best_fitness if cfg.select_epoch else np.array([e.fitness for e in evaluations])
+    out = []
+    for i in range(0, pop.size, seeds_per_candidate):
+        group = slice(i, i + seeds_per_candidate)
+        if all(e.status == "ok" for e in evaluations[group]):
+            out.append((float(np.mean(fitness[group])), "ok"))
+        else:
+            out.append((DIVERGED_FITNESS, "diverged"))
+    return out
+
+
+def train_pack(split: PUSplit, candidates: list[dict], seeds: list[int], cfg: PUConfig, prior: float | None = None):
+    """In-process: train a pack for cfg.epochs and return each candidate's (fitness, status)."""
+    pop = pack_population(candidates, seeds, split.dim, cfg)
+    data = TrainTensors.from_split(split, "taylor", cfg.device)
+    per_candidate = []
+    while pop.epoch < cfg.epochs and bool(pop.alive.any()):
+        train_epoch(pop, data, cfg)
+        per_candidate = pack_fitness(pop, split, cfg, prior, len(seeds))
+    return per_candidate
+
+
 # -- one run -----------------------------------------------------------------------------
 
 
