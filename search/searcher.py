@@ -116,7 +116,7 @@ class PackSearcher(Searcher):
         if pack is None:
             return  # a trial this searcher never suggested (e.g. replayed by Tune itself)
         members = [i for i in self._pack_members[pack] if i not in self._told]
-        finished = result is not None and not error and result.get("done") and "candidate_fitness" in result
+        finished = result is not None and not error and result.get("pack_finished") and "candidate_fitness" in result
         if finished:
             by_id = dict(zip(result["candidate_ids"], zip(result["candidate_fitness"], result["candidate_status"])))
         wall = None if result is None else result.get("worker_seconds")

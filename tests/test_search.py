@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -19,8 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def local_ray():
-    # One fresh cluster per test: a search is one driver's job, and sharing a cluster across
-    # tests made a later Train worker group time out on this 2-core machine.
+    # One fresh cluster per test: a search is one driver's job.
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     yield
     ray.shutdown()
@@ -32,6 +32,11 @@ def test_search_end_to_end(tmp_path, local_ray, capsys):
                          seed_losses=["pan", "naive"])
     summary = run_search(opts, log=lines.append)
     folder = tmp_path / "e2e"
+    # Every pack gave its CPUs back (a Train run killed mid-shutdown leaks its placement group).
+    deadline = time.time() + 20
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 2
     told = EvaluationLog(folder).told()
     assert sorted(e.id for e in told) == list(range(6))  # exactly the budget, each once
     assert [e.source for e in sorted(told, key=lambda e: e.id)][:2] == ["seed:pan", "seed:naive"]

@@ -87,14 +87,16 @@ def pu_worker_loop(config: dict) -> None:
         train_seconds += time.perf_counter() - t0
         per_candidate = pack_fitness(pop, split, cfg, config.get("prior"), len(seeds))
         all_diverged = not bool(pop.alive.any())
-        done = pop.epoch >= cfg.epochs or all_diverged  # nothing left to learn: stop early
+        finished = pop.epoch >= cfg.epochs or all_diverged  # all diverged: nothing left to learn, stop early
         metrics = {
             "epoch": pop.epoch,
             "candidate_ids": [c["id"] for c in candidates],
             "candidate_fitness": [f for f, _ in per_candidate],
             "candidate_status": [s for _, s in per_candidate],
             "best_fitness": max(f for f, _ in per_candidate),
-            "done": done,
+            # Not "done": Tune reads a result's `done` as "stop this trial now" and would kill the
+            # trial (and the Train run inside it, leaking its placement group) mid-shutdown.
+            "pack_finished": finished,
             "resumed_from_epoch": resumed_from_epoch,
             "train_seconds": train_seconds,
             "worker_seconds": time.perf_counter() - started,
@@ -105,5 +107,5 @@ def pu_worker_loop(config: dict) -> None:
                 torch.save(pop.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_checkpoint)
-        if done:
+        if finished:
             break
