@@ -210,6 +210,9 @@ def run_search(
                 storage_path=str(folder),
                 verbose=0,
                 callbacks=[EpochProgress(log, opts.epochs)],
+                # A lost node can take the trial actor itself with it: Tune re-runs the trial, whose
+                # Train run (same name) continues from its newest checkpoint.
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             ),
         )
         tuner.fit()

@@ -114,3 +114,14 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
     assert main(["train-pu", "--fitness", "pu_accuracy", "--loss", "naive", "--epochs", "1"]) == 0  # benchmark: true prior
     err = capsys.readouterr().err
     assert "unknown loss 'nope'" in err and "--prior" in err
+
+
+def test_the_zoo_loss_ships_and_trains(capsys):
+    from trainers.pu import resolve_loss, zoo_names
+
+    assert "pu-taylor-v1" in zoo_names()
+    loss = resolve_loss("zoo:pu-taylor-v1")
+    assert isinstance(loss, TaylorLoss) and loss.name == "pu-taylor-v1"
+    assert main(["train-pu", "--smoke-test", "--loss", "zoo:pu-taylor-v1"]) == 0
+    assert main(["train-pu", "--smoke-test", "--loss", "zoo:nope"]) == 2
+    assert "zoo:pu-taylor-v1" in capsys.readouterr().err

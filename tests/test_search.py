@@ -101,3 +101,14 @@ def test_bad_search_options_fail_before_ray_starts(tmp_path, capsys):
     assert main(["search", "--name", "x", "--storage", str(tmp_path), "--train", str(tmp_path / "none.parquet")]) == 2
     assert main(["resume", "never-ran", "--storage", str(tmp_path)]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_submit_passes_every_search_option_through():
+    from search.cli import build_parser, options_from_args, search_argv
+
+    args = build_parser().parse_args(["submit", "--name", "s", "--budget", "100", "--gpus-per-worker", "0.25",
+                                      "--seed-losses", "pan,nnpu", "--order", "3", "--train", "/data/shards"])
+    opts = options_from_args(args)
+    again = options_from_args(build_parser().parse_args(["search", *search_argv(opts)]))
+    assert again == opts
+    assert opts.storage == "~/lossforge_results"  # a job's working directory is temporary
