@@ -166,10 +166,13 @@ def options_from_args(args):
 
 
 def run_search_command(args) -> int:
+    return _run_and_print(options_from_args(args), args.resume, args.address)
+
+
+def _run_and_print(opts, resume: bool, address: str | None) -> int:
     from search.tuner import run_search
 
-    summary = run_search(options_from_args(args), resume=args.resume, address=args.address,
-                         log=lambda m: print(m, flush=True))
+    summary = run_search(opts, resume=resume, address=address, log=lambda m: print(m, flush=True))
     print(f"results in {summary['folder']} ({summary['seconds']:.0f} s)")
     return 0
 
@@ -186,12 +189,9 @@ def add_resume(sub) -> None:
 
 
 def run_resume(args) -> int:
-    from search.tuner import SearchOptions, run_search
+    from search.tuner import SearchOptions
 
-    opts = SearchOptions(name=args.name, storage=args.storage, concurrency=args.concurrency)
-    summary = run_search(opts, resume=True, address=args.address, log=lambda m: print(m, flush=True))
-    print(f"results in {summary['folder']} ({summary['seconds']:.0f} s)")
-    return 0
+    return _run_and_print(SearchOptions(name=args.name, storage=args.storage, concurrency=args.concurrency), True, args.address)
 
 
 def add_report(sub) -> None:

@@ -11,7 +11,6 @@ Layout of a results folder ``<storage>/<name>/``:
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from search.evaluations import EvaluationLog
 from search.report import SPEC_FILE, format_leaderboard, load_spec, write_report
 from search.space import TaylorSpace, check_optimizer
-from trainers.losses.seeds import NEEDS_PRIOR, taylor_point
+from trainers.losses.seeds import taylor_point
 from trainers.metrics import FITNESS_NEEDS_PRIOR, PU_FITNESS, TRUTH_FITNESS
 from trainers.pu import PUConfig
 
@@ -136,7 +135,6 @@ def run_search(
 ) -> dict:
     """Run (or resume) a search to its budget, then write the report. ``searcher_class`` lets a
     caller substitute a :class:`PackSearcher` subclass (tests use it to inject a NaN candidate)."""
-    import ray
     from ray import tune
 
     from search.searcher import PackSearcher

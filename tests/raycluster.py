@@ -30,11 +30,12 @@ def session_pids(sid: int) -> list[int]:
 
 def kill_session(sid: int, timeout: float = 10.0) -> None:
     """SIGKILL every process of the session (Ray agents ignore SIGTERM) and wait until none is left."""
+    _kill_until_gone(lambda: session_pids(sid), timeout)
+
+
+def _kill_until_gone(find, timeout: float) -> None:
     deadline = time.time() + timeout
-    while True:
-        pids = session_pids(sid)
-        if not pids:
-            return
+    while pids := find():
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -42,7 +43,16 @@ def kill_session(sid: int, timeout: float = 10.0) -> None:
                 pass
         if time.time() > deadline:
             raise RuntimeError(f"processes {pids} survived SIGKILL")
-        time.sleep(0.2)
+        time.sleep(0.3)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lossforge(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
@@ -90,16 +100,7 @@ def cluster_pids(marker: str) -> list[int]:
 
 
 def kill_cluster(marker: str, timeout: float = 15.0) -> None:
-    deadline = time.time() + timeout
-    while pids := cluster_pids(marker):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.time() > deadline:
-            raise RuntimeError(f"cluster processes {pids} survived SIGKILL")
-        time.sleep(0.3)
+    _kill_until_gone(lambda: cluster_pids(marker), timeout)
 
 
 def raylet_pids(marker: str) -> list[int]:

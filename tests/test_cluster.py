@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from raycluster import REPO, find_processes, kill_cluster, process_parent, raylet_pids
+from raycluster import REPO, find_processes, kill_cluster, process_parent, raylet_pids, wait_for
 
 from search.evaluations import EvaluationLog
 
@@ -82,15 +82,6 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         kill_cluster(c.temp_dir)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def train_worker_on_a_worker_node(cluster) -> int | None:

@@ -1,6 +1,4 @@
 """Reading shards: every malformed input is one clear error naming the file and column, exit 2."""
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

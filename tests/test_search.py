@@ -4,7 +4,6 @@ import json
 import math
 import time
 
-import numpy as np
 import pytest
 import ray
 

@@ -4,22 +4,13 @@ import signal
 import time
 
 import pytest
-from raycluster import kill_session, lossforge
+from raycluster import kill_session, lossforge, wait_for
 
 from search.evaluations import EvaluationLog
 
 pytestmark = pytest.mark.slow
 
 BUDGET = 6
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_then_resume_evaluates_exactly_the_budget(tmp_path):
