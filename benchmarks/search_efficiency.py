@@ -34,7 +34,7 @@ def run_optimizer(name: str, budget: int, pack: int, split, cfg, space: TaylorSp
     history = []
     while len(history) < budget:
         asked = [opt.ask() for _ in range(min(pack, budget - len(history)))]
-        candidates = [dict(zip(("coefficients", "center"), space.split(c.value)), order=space.order) for c in asked]
+        candidates = [space.candidate(c.value) for c in asked]
         for c, (fitness, _) in zip(asked, train_pack(split, candidates, [cfg.seed], cfg)):
             opt.tell(c, -fitness)
             history.append(fitness)

@@ -37,11 +37,6 @@ def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
     return [np.asarray(opt.ask().value) for _ in range(n)]
 
 
-def as_candidate(space: TaylorSpace, vector) -> dict:
-    coefficients, center = space.split(vector)
-    return {"order": space.order, "coefficients": coefficients, "center": center}
-
-
 def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
     """(seconds, training seconds) of the plain in-process loop: each candidate alone, the
     same recipe and per-epoch evaluation as a trial."""
@@ -50,7 +45,7 @@ def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
     started = time.perf_counter()
     split = load_split(opts.train, opts.labelled_frac, opts.seed, cfg.val_frac)
     for v in vectors:
-        train_pack(split, [as_candidate(space, v)], [opts.seed], cfg)
+        train_pack(split, [space.candidate(v)], [opts.seed], cfg)
     seconds = time.perf_counter() - started
     return seconds, seconds  # nothing but training and its evaluation happens here
 

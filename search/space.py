@@ -49,6 +49,11 @@ class TaylorSpace:
             raise ValueError(f"order-{self.order} candidates have {self.dimension} values, got {vector.shape}")
         return vector[: self.num_coefficients].tolist(), vector[-4:].tolist()
 
+    def candidate(self, vector) -> dict:
+        """A vector as the ``{"order", "coefficients", "center"}`` a pack trains (unvalidated)."""
+        coefficients, center = self.split(vector)
+        return {"order": self.order, "coefficients": coefficients, "center": center}
+
     def to_loss(self, vector, name: str = "taylor") -> TaylorLoss:
         coefficients, center = self.split(vector)
         return TaylorLoss(self.order, coefficients, tuple(center), name=name)

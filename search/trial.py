@@ -22,10 +22,7 @@ def train_run_name(pack: int) -> str:
 def pack_trial(config: dict, setup: dict) -> None:
     """Tune function trainable. ``config`` comes from the searcher, ``setup`` is the same for every trial."""
     space = TaylorSpace(order=setup["order"])
-    candidates = []
-    for c in config["candidates"]:
-        coefficients, center = space.split(c["vector"])
-        candidates.append({"id": c["id"], "order": space.order, "coefficients": coefficients, "center": center})
+    candidates = [{"id": c["id"], **space.candidate(c["vector"])} for c in config["candidates"]]
     gpus = setup["gpus_per_worker"]
     trainer = TorchTrainer(
         pu_worker_loop,

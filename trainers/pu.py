@@ -114,13 +114,20 @@ class Objective:
 
     @classmethod
     def taylor(cls, losses: list[TaylorLoss], device: str | torch.device = "cpu") -> "Objective":
-        orders = {loss.order for loss in losses}
+        return cls.taylor_candidates(
+            [{"order": loss.order, "coefficients": loss.coefficients, "center": loss.center} for loss in losses], device
+        )
+
+    @classmethod
+    def taylor_candidates(cls, candidates: list[dict], device: str | torch.device = "cpu") -> "Objective":
+        """One member per ``{"order", "coefficients", "center"}``, unvalidated (NaN passes through)."""
+        orders = {c["order"] for c in candidates}
         if len(orders) != 1:
             raise ValueError(f"a population shares one Taylor order, got {sorted(orders)}")
         return cls(
             method="taylor",
-            taylor_coefficients=torch.tensor([loss.coefficients for loss in losses], dtype=torch.float32, device=device),
-            taylor_center=torch.tensor([loss.center for loss in losses], dtype=torch.float32, device=device),
+            taylor_coefficients=torch.tensor([c["coefficients"] for c in candidates], dtype=torch.float32, device=device),
+            taylor_center=torch.tensor([list(c["center"]) for c in candidates], dtype=torch.float32, device=device),
             taylor_order=orders.pop(),
         )
 
@@ -395,15 +402,7 @@ def pack_population(candidates: list[dict], seeds: list[int], dim: int, cfg: PUC
     TaylorLoss's checks: a NaN candidate must train, be marked diverged and be told as a penalty,
     not fail the whole pack.
     """
-    orders = {c["order"] for c in candidates}
-    if len(orders) != 1:
-        raise ValueError(f"a pack shares one Taylor order, got {sorted(orders)}")
-    objective = Objective(
-        "taylor",
-        taylor_coefficients=torch.tensor([c["coefficients"] for c in candidates for _ in seeds], dtype=torch.float32, device=cfg.device),
-        taylor_center=torch.tensor([c["center"] for c in candidates for _ in seeds], dtype=torch.float32, device=cfg.device),
-        taylor_order=orders.pop(),
-    )
+    objective = Objective.taylor_candidates([c for c in candidates for _ in seeds], cfg.device)
     return build_population(objective, [s for _ in candidates for s in seeds], dim, cfg, stream=stream)
 
 
