@@ -116,33 +116,107 @@ def run_embed(args) -> int:
     return 0
 
 
+# -- train-dpo, score-pairs -------------------------------------------------------------------
+
+
+def add_train_dpo(sub) -> None:
+    from trainers.dpo import DPOConfig
+
+    d = DPOConfig()
+    p = sub.add_parser("train-dpo", help="train a small preference classifier (DPO family) as a Ray Train job")
+    p.add_argument("--train", help="pairs: Parquet/JSONL/CSV (default: the built-in synthetic task)")
+    p.add_argument("--test", help="pairs scored once at the end through the saved scorer")
+    p.add_argument("--model", help="local Hugging Face model folder (default: a tiny built-in model)")
+    p.add_argument("--mode", default=d.mode, choices=["encoder", "causal"])
+    p.add_argument("--loss", default=d.loss, help="dpo|soft|robust|ipo|hinge|bt or a preference Taylor .json")
+    p.add_argument("--beta", type=float, default=None, help="default 1.0 in encoder mode, 0.1 in causal mode")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 for the built-in model, 3e-5 for --model")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per prompt+response; longer ones are truncated")
+    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length, help="the prompt keeps its last tokens")
+    p.add_argument("--val-frac", type=float, default=d.val_frac, help="share of prompts held out for validation")
+    p.add_argument("--robust-epsilon", type=float, default=d.robust_epsilon, help="label-flip rate for --loss robust")
+    p.add_argument("--max-pairs", type=int, default=None, help="train on a seeded sample of at most this many pairs")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--out", default="dpo_run", help="output folder (scorer/, metrics.json, checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--smoke-test", action="store_true", help="1 epoch on 600 pairs: checks the set-up quickly")
+    p.set_defaults(run=run_train_dpo_command)
+
+
+def run_train_dpo_command(args) -> int:
+    from search.train_job import run_train_dpo
+    from trainers.dpo import DPOConfig
+
+    cfg = DPOConfig(mode=args.mode, model=args.model, loss=args.loss, beta=args.beta,
+                    epochs=1 if args.smoke_test else args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    max_length=args.max_length, max_prompt_length=args.max_prompt_length, val_frac=args.val_frac,
+                    robust_epsilon=args.robust_epsilon, seed=args.seed,
+                    max_pairs=600 if args.smoke_test else args.max_pairs)
+    run_train_dpo(cfg, args.train, args.test, args.out, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                  cpus_per_worker=args.cpus_per_worker, resume=args.resume, address=args.address,
+                  log=lambda m: print(m, flush=True))
+    return 0
+
+
+def add_score_pairs(sub) -> None:
+    p = sub.add_parser("score-pairs", help="P(a better than b) for every pair, with a trained scorer")
+    p.add_argument("--model", required=True, help="a scorer folder written by train-dpo (<out>/scorer)")
+    p.add_argument("--data", required=True, help="pairs (Parquet/JSONL/CSV); labels optional")
+    p.add_argument("--out", required=True, help="Parquet or JSONL: the input's columns plus p_a_model")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=run_score_pairs)
+
+
+def run_score_pairs(args) -> int:
+    from search.train_job import score_pairs_file
+
+    summary = score_pairs_file(args.model, args.data, args.out, args.batch_size, args.device)
+    print(f"scored {summary['pairs']} pairs at {summary['pairs_per_second']:.0f} pairs/s -> {args.out}")
+    if "agreement" in summary:
+        print(f"agreement with the labels {summary['agreement']:.4f} (length-controlled {summary['agreement_lc']:.4f})")
+    return 0
+
+
 # -- search, resume, report ---------------------------------------------------------------
 
 
 def _search_options_parser(p, defaults) -> None:
     d = defaults
+    p.add_argument("--task", default=d.task, choices=["pu", "dpo"],
+                   help="pu: the selector/discriminator Taylor family (Parquet embeddings); dpo: pairwise preference losses (pairs)")
     p.add_argument("--name", help="results folder name under --storage (default: search-<date>-<time>)")
     p.add_argument("--storage", default=d.storage, help="where results folders live")
     p.add_argument("--address", help="join this Ray cluster (default: start a local one)")
-    p.add_argument("--train", help="Parquet shards (default: the built-in synthetic problem)")
-    p.add_argument("--test", help="Parquet with the truth, scored once for the final report")
+    p.add_argument("--train", help="pu: Parquet shards; dpo: pairs (default: the built-in synthetic task)")
+    p.add_argument("--test", help="held-out data with the truth, scored once for the final report")
     p.add_argument("--budget", type=int, default=d.budget, help="candidates to evaluate")
     p.add_argument("--optimizer", default=d.optimizer, help="any name in Nevergrad's optimizer registry")
-    p.add_argument("--order", type=int, default=d.order, help="Taylor order, 1-4")
-    p.add_argument("--fitness", default=d.fitness, help="pu_auc (default), lee_liu, pu_accuracy, pu_f1")
+    p.add_argument("--order", type=int, default=d.order, help="Taylor order: 1-4 (pu), 1-6 (dpo)")
+    p.add_argument("--fitness", default=None, help="pu: pu_auc (default), lee_liu, pu_accuracy, pu_f1; dpo: val_agreement")
     p.add_argument("--pack", type=int, default=d.pack, help="candidates trained together in one trial")
     p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: from cluster resources)")
     p.add_argument("--workers-per-trial", type=int, default=d.workers_per_trial)
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
     p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker, help="fractional allowed")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=None, help="per candidate (default: 10 for pu, 3 for dpo)")
     p.add_argument("--seeds-per-candidate", type=int, default=d.seeds_per_candidate)
-    p.add_argument("--seed-losses", default=",".join(d.seed_losses), help="Taylor points evaluated first: pan,naive,upu,nnpu")
+    p.add_argument("--seed-losses", default=None,
+                   help="Taylor points evaluated first: pan,naive,upu,nnpu (pu; default pan), dpo,sigmoid,brier (dpo; default dpo)")
     p.add_argument("--labelled-frac", type=float, default=d.labelled_frac)
     p.add_argument("--prior", type=float, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="Train restarts per pack after a node loss")
-    p.add_argument("--smoke-test", action="store_true", help="budget 8, 2 epochs: checks the set-up in about a minute")
+    p.add_argument("--mode", default=d.mode, choices=["encoder", "causal"], help="dpo: the model kind")
+    p.add_argument("--model", help="dpo: local Hugging Face model folder (default: the built-in tiny model)")
+    p.add_argument("--max-pairs", type=int, default=None, help="dpo: train on a seeded sample of this many pairs")
+    p.add_argument("--smoke-test", action="store_true", help="budget 8, 2 epochs (dpo: 1 epoch, 600 pairs): about a minute")
 
 
 def add_search(sub) -> None:
@@ -159,9 +233,11 @@ def options_from_args(args):
 
     fields = SearchOptions.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
-    values["seed_losses"] = [s for s in args.seed_losses.split(",") if s]
+    if args.seed_losses is not None:
+        values["seed_losses"] = [s for s in args.seed_losses.split(",") if s]
     if args.smoke_test:
-        values.update(budget=min(values["budget"], 8), epochs=2, pack=min(values["pack"], 4))
+        values.update(budget=min(values["budget"], 8), pack=min(values["pack"], 4))
+        values.update(epochs=2) if args.task == "pu" else values.update(epochs=1, max_pairs=600)
     return SearchOptions(**values)
 
 
@@ -317,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = [add_train_pu, add_embed, add_search, add_resume, add_report, add_submit, add_jobs]
+COMMANDS = [add_train_pu, add_train_dpo, add_score_pairs, add_embed, add_search, add_resume, add_report, add_submit, add_jobs]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from search.evaluations import EvaluationLog, Evaluation
-from search.space import TaylorSpace
+from search.space import space_for
 from trainers.losses.pu import pan_probability_losses
 from trainers.losses.seeds import taylor_point
 from trainers.losses.taylor import VARIABLES, TaylorLoss
@@ -40,14 +40,14 @@ def best_loss(folder: str | Path) -> TaylorLoss | None:
     if not board or board[0].status != "ok":
         return None
     top = board[0]
-    return TaylorSpace(order=spec["order"]).to_loss(top.vector, name=f"{spec['name']}-best-{top.id}")
+    return space_for(spec.get("task", "pu"), spec["order"]).to_loss(top.vector, name=f"{spec['name']}-best-{top.id}")
 
 
 def write_report(folder: str | Path, plots: bool = True) -> dict:
     """Write leaderboard.csv, best_loss.json/.txt and plots; return a summary."""
     folder = Path(folder)
     spec = load_spec(folder)
-    space = TaylorSpace(order=spec["order"])
+    space = space_for(spec.get("task", "pu"), spec["order"])
     evaluations = EvaluationLog(folder).evaluations()
     board = leaderboard(evaluations)
     with open(folder / "leaderboard.csv", "w", newline="") as f:
@@ -62,7 +62,7 @@ def write_report(folder: str | Path, plots: bool = True) -> dict:
     if plots and board:
         _plot_progress(evaluations, spec, folder / "best_fitness.png")
         if best is not None:
-            _plot_slices(best, folder / "loss_slices.png")
+            (_plot_slices if isinstance(best, TaylorLoss) else _plot_preference_loss)(best, folder / "loss_slices.png")
     return {
         "name": spec["name"],
         "budget": spec["budget"],
@@ -133,6 +133,31 @@ def _plot_slices(best: TaylorLoss, path: Path) -> None:
         ax.set_xlabel(var)
         ax.set_title(("L_D" if player == 0 else "L_C") + f" along {var}")
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_preference_loss(best, path: Path) -> None:
+    """The searched pairwise loss f(s) against DPO's -log s and its Taylor point, shifted to 0 at s = 1/2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainers.losses.preference_taylor import preference_taylor_point
+
+    s = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
+    delta = torch.log(s / (1 - s))  # s = sigmoid(delta)
+    ones = torch.ones_like(s)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, loss in (("best", best), ("DPO (Taylor)", preference_taylor_point("dpo", best.order))):
+        curve = loss(delta, ones, reduction="none") - loss(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+        ax.plot(s, curve.numpy(), label=label)
+    ax.plot(s, (-torch.log(s) + torch.log(torch.tensor(0.5))).numpy(), "--", label="DPO (exact)")
+    ax.set_xlabel("s = sigmoid(Delta) of the preferred side")
+    ax.set_ylabel("loss (0 at s = 1/2)")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

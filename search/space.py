@@ -1,7 +1,12 @@
-"""What to search: the Taylor family as a Nevergrad parametrisation.
+"""What to search: a loss family as a Nevergrad parametrisation, one per task.
 
-A candidate is one flat vector: the Taylor coefficients (layout of
-``trainers.losses.taylor.coefficient_names``) followed by the 4-value expansion centre. How to
+``pu``: the 4-variate Taylor family of the selector/discriminator game. A candidate is one flat
+vector: the Taylor coefficients (layout of ``trainers.losses.taylor.coefficient_names``)
+followed by the 4-value expansion centre.
+``dpo``: the preference Taylor family in s = sigmoid(Delta): coefficients w_1..w_order, then
+the centre.
+Both spaces answer the same questions (dimension, names, parametrization, candidate, to_loss,
+to_vector), so the searcher, the trial and the report do not care which one they hold. How to
 search (the optimiser) is chosen elsewhere, by name.
 """
 from __future__ import annotations
@@ -11,7 +16,22 @@ from dataclasses import dataclass
 import nevergrad as ng
 import numpy as np
 
+from trainers.losses.preference_taylor import PreferenceTaylorLoss, check_order, preference_taylor_point
+from trainers.losses.seeds import taylor_point
 from trainers.losses.taylor import VARIABLES, TaylorLoss, coefficient_names, num_coefficients
+
+TASKS = ("pu", "dpo")
+
+
+def _box(num_coefficients: int, num_center: int, bound: float, low: float, high: float, seed: int) -> ng.p.Array:
+    """Coefficients in [-bound, bound] starting at 0, centres in [low, high] starting at 0.5."""
+    lower = np.r_[np.full(num_coefficients, -bound), np.full(num_center, low)]
+    upper = np.r_[np.full(num_coefficients, bound), np.full(num_center, high)]
+    init = np.r_[np.zeros(num_coefficients), np.full(num_center, 0.5)]
+    param = ng.p.Array(init=init, lower=lower, upper=upper)
+    param.function.deterministic = False  # fitness is a noisy training outcome
+    param.random_state.seed(seed)
+    return param
 
 
 @dataclass(frozen=True)
@@ -33,13 +53,11 @@ class TaylorSpace:
         return coefficient_names(self.order) + [f"center:{v}" for v in VARIABLES]
 
     def parametrization(self, seed: int) -> ng.p.Array:
-        lower = np.r_[np.full(self.num_coefficients, -self.bound), np.full(4, self.center_low)]
-        upper = np.r_[np.full(self.num_coefficients, self.bound), np.full(4, self.center_high)]
-        init = np.r_[np.zeros(self.num_coefficients), np.full(4, 0.5)]
-        param = ng.p.Array(init=init, lower=lower, upper=upper)
-        param.function.deterministic = False  # fitness is a noisy training outcome
-        param.random_state.seed(seed)
-        return param
+        return _box(self.num_coefficients, 4, self.bound, self.center_low, self.center_high, seed)
+
+    def seed_point(self, name: str, prior: float = 0.5) -> np.ndarray:
+        """A hand-made loss (pan, naive, upu, nnpu) as a point of this space."""
+        return self.to_vector(taylor_point(name, self.order, prior=prior))
 
     def split(self, vector) -> tuple[list[float], list[float]]:
         """A candidate vector as (coefficients, center), unvalidated: a NaN an optimiser produced
@@ -65,6 +83,55 @@ class TaylorSpace:
         coefficients = np.clip(loss.coefficients, -self.bound, self.bound)
         center = np.clip(loss.center, self.center_low, self.center_high)
         return np.r_[coefficients, center]
+
+
+@dataclass(frozen=True)
+class PreferenceTaylorSpace:
+    order: int = 2
+    bound: float = 10.0
+    center_low: float = 0.05
+    center_high: float = 0.95
+
+    def __post_init__(self):
+        check_order(self.order)
+
+    @property
+    def dimension(self) -> int:
+        return self.order + 1
+
+    def names(self) -> list[str]:
+        return [f"s^{k}" for k in range(1, self.order + 1)] + ["center:s"]
+
+    def parametrization(self, seed: int) -> ng.p.Array:
+        return _box(self.order, 1, self.bound, self.center_low, self.center_high, seed)
+
+    def seed_point(self, name: str, prior: float = 0.5) -> np.ndarray:
+        """A hand-made pairwise loss (dpo, sigmoid, brier) as a point of this space."""
+        return self.to_vector(preference_taylor_point(name, self.order))
+
+    def candidate(self, vector) -> dict:
+        """A vector as ``{"order", "coefficients", "center"}``, unvalidated (NaN passes through)."""
+        vector = np.asarray(vector, dtype=float)
+        if vector.shape != (self.dimension,):
+            raise ValueError(f"order-{self.order} preference candidates have {self.dimension} values, got {vector.shape}")
+        return {"order": self.order, "coefficients": vector[:-1].tolist(), "center": float(vector[-1])}
+
+    def to_loss(self, vector, name: str = "preference-taylor") -> PreferenceTaylorLoss:
+        c = self.candidate(vector)
+        return PreferenceTaylorLoss(self.order, c["coefficients"], c["center"], name=name)
+
+    def to_vector(self, loss: PreferenceTaylorLoss) -> np.ndarray:
+        if loss.order != self.order:
+            raise ValueError(f"loss {loss.name!r} has order {loss.order}, the search uses order {self.order}")
+        return np.r_[np.clip(loss.coefficients, -self.bound, self.bound), np.clip(loss.center, self.center_low, self.center_high)]
+
+
+def space_for(task: str, order: int) -> TaylorSpace | PreferenceTaylorSpace:
+    if task == "pu":
+        return TaylorSpace(order=order)
+    if task == "dpo":
+        return PreferenceTaylorSpace(order=order)
+    raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
 
 
 def check_optimizer(name: str) -> None:

@@ -11,8 +11,8 @@ from ray import train, tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from search.space import TaylorSpace
-from trainers.loop import pu_worker_loop
+from search.space import space_for
+from trainers.loop import dpo_pack_worker_loop, pu_worker_loop
 
 
 def train_run_name(pack: int) -> str:
@@ -21,18 +21,19 @@ def train_run_name(pack: int) -> str:
 
 def pack_trial(config: dict, setup: dict) -> None:
     """Tune function trainable. ``config`` comes from the searcher, ``setup`` is the same for every trial."""
-    space = TaylorSpace(order=setup["order"])
+    task = setup.get("task", "pu")
+    space = space_for(task, setup["order"])
     candidates = [{"id": c["id"], **space.candidate(c["vector"])} for c in config["candidates"]]
     gpus = setup["gpus_per_worker"]
+    if task == "pu":
+        loop, loop_config = pu_worker_loop, {
+            "data": setup["data"], "pu": setup["pu"], "candidates": candidates, "seeds": setup["seeds"], "prior": setup["prior"],
+        }
+    else:
+        loop, loop_config = dpo_pack_worker_loop, {"train": setup["train"], "dpo": setup["dpo"], "candidates": candidates}
     trainer = TorchTrainer(
-        pu_worker_loop,
-        train_loop_config={
-            "data": setup["data"],
-            "pu": setup["pu"],
-            "candidates": candidates,
-            "seeds": setup["seeds"],
-            "prior": setup["prior"],
-        },
+        loop,
+        train_loop_config=loop_config,
         scaling_config=train.ScalingConfig(
             num_workers=setup["workers_per_trial"],
             use_gpu=gpus > 0,

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from search.evaluations import EvaluationLog
 from search.report import SPEC_FILE, format_leaderboard, load_spec, write_report
-from search.space import TaylorSpace, check_optimizer
-from trainers.losses.seeds import taylor_point
+from search.space import TASKS, check_optimizer, space_for
 from trainers.metrics import FITNESS_NEEDS_PRIOR, PU_FITNESS, TRUTH_FITNESS
 from trainers.pu import PUConfig
 
@@ -29,44 +28,76 @@ DEFAULT_STORAGE = "lossforge_results"
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
+# What a task's options default to (None in SearchOptions means "the task's default").
+TASK_DEFAULTS = {
+    "pu": {"fitness": "pu_auc", "epochs": 10, "seed_losses": ["pan"]},
+    # DPO candidates train a transformer one after another, so a pack is slower per candidate.
+    "dpo": {"fitness": "val_agreement", "epochs": 3, "seed_losses": ["dpo"]},
+}
+DPO_FITNESS = ("val_agreement",)
+
+
 @dataclass
 class SearchOptions:
     name: str | None = None
+    task: str = "pu"  # pu: the selector/discriminator Taylor family; dpo: the preference Taylor family
     storage: str = DEFAULT_STORAGE
     train: str | None = None  # None: the built-in synthetic problem
     test: str | None = None  # scored once, for the final report only
     budget: int = 32
     optimizer: str = "TwoPointsDE"
     order: int = 2
-    fitness: str = "pu_auc"
+    fitness: str | None = None  # None: the task's (pu_auc, val_agreement)
     pack: int = 8  # candidates per trial
     concurrency: int | None = None  # trials at once; None: from the cluster's resources
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    epochs: int = 10
+    epochs: int | None = None  # None: the task's (10 for pu, 3 for dpo)
     seeds_per_candidate: int = 1
-    seed_losses: list[str] = field(default_factory=lambda: ["pan"])
+    seed_losses: list[str] | None = None  # None: the task's (pan for pu, dpo for dpo)
     labelled_frac: float = 0.1
     prior: float | None = None
     seed: int = 0
     max_failures: int = 2  # Train worker-group restarts per pack (node loss), from the last checkpoint
+    # dpo only
+    mode: str = "encoder"
+    model: str | None = None  # local Hugging Face folder; None: the built-in tiny model
+    max_pairs: int | None = None  # a seeded sample of the training pairs
+
+    def __post_init__(self):
+        for key, value in TASK_DEFAULTS.get(self.task, {}).items():
+            if getattr(self, key) is None:
+                setattr(self, key, list(value) if isinstance(value, list) else value)
 
     def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}")
         if self.budget < 1 or self.pack < 1 or self.epochs < 1 or self.seeds_per_candidate < 1:
             raise ValueError("--budget, --pack, --epochs and --seeds-per-candidate must be at least 1")
         if self.workers_per_trial < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
             raise ValueError("--workers-per-trial must be >= 1 and --cpus/--gpus-per-worker >= 0")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
-        if self.fitness not in PU_FITNESS + TRUTH_FITNESS:
+        if self.task == "pu" and self.fitness not in PU_FITNESS + TRUTH_FITNESS:
             raise ValueError(f"unknown fitness {self.fitness!r}; choose from {PU_FITNESS} (PU-only) or {TRUTH_FITNESS}")
+        if self.task == "dpo":
+            if self.fitness not in DPO_FITNESS:
+                raise ValueError(f"unknown fitness {self.fitness!r} for --task dpo; choose from {DPO_FITNESS}")
+            if self.seeds_per_candidate != 1:
+                raise ValueError("--seeds-per-candidate is for --task pu (DPO candidates train one model each)")
+            self.dpo_config().validate()
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"--name must be a plain folder name, got {self.name!r}")
-        TaylorSpace(order=self.order).dimension  # raises on a bad order
+        space = space_for(self.task, self.order)  # raises on a bad order
         check_optimizer(self.optimizer)
         for name in self.seed_losses:
-            taylor_point(name, self.order)  # raises on an unknown seed loss
+            space.seed_point(name)  # raises on an unknown seed loss
+
+    def dpo_config(self):
+        from trainers.dpo import DPOConfig
+
+        return DPOConfig(mode=self.mode, model=self.model, epochs=self.epochs, seed=self.seed, max_pairs=self.max_pairs)
 
 
 def results_folder(opts: SearchOptions) -> Path:
@@ -90,6 +121,10 @@ def _check_data(opts: SearchOptions):
         if opts.test is not None:
             raise ValueError("--test needs --train (the built-in default brings its own test split)")
         return None, None
+    if opts.task == "dpo":
+        from trainers.data.pairs import read_pairs
+
+        return read_pairs(opts.train), read_pairs(opts.test) if opts.test else None
     train = read_table(opts.train)
     make_pu_split(train, opts.labelled_frac, opts.seed)  # raises on no labelled positives etc.
     test = read_table(opts.test, need="label") if opts.test else None
@@ -159,7 +194,7 @@ def run_search(
             f"(or `lossforge resume {opts.name}`), or pick another --name"
         )
     train_table, _ = _check_data(opts)
-    prior = _prior(opts, train_table)
+    prior = _prior(opts, train_table) if opts.task == "pu" else None
     if opts.fitness in FITNESS_NEEDS_PRIOR and prior is None:
         raise ValueError(f"fitness {opts.fitness} needs the class prior: pass --prior")
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,32 +207,38 @@ def run_search(
 
     start_ray(address)
     concurrency = opts.concurrency or default_concurrency(opts)
-    space = TaylorSpace(order=opts.order)
+    space = space_for(opts.task, opts.order)
     seed_prior = prior if prior is not None else 0.5
-    seeds = [(n, space.to_vector(taylor_point(n, opts.order, prior=seed_prior))) for n in opts.seed_losses]
+    seeds = [(n, space.seed_point(n, prior=seed_prior)) for n in opts.seed_losses]
     evaluation_log = EvaluationLog(folder)
     searcher = (searcher_class or PackSearcher)(
         space, opts.optimizer, opts.budget, opts.pack, opts.pack * concurrency, opts.seed, evaluation_log,
         seed_vectors=seeds, progress=log,
     )
     packs = searcher.packs_to_run()
-    log(f"search {opts.name}: {opts.budget} candidates (order {opts.order}, {space.dimension} dims, "
+    log(f"search {opts.name} ({opts.task}): {opts.budget} candidates (order {opts.order}, {space.dimension} dims, "
         f"{opts.optimizer}), {searcher.told} already evaluated; {packs} pack(s) of up to {opts.pack}, "
         f"{concurrency} at a time -> {folder}")
     if packs:
-        pu = asdict(PUConfig(epochs=opts.epochs, fitness=opts.fitness, seed=opts.seed, labelled_frac=opts.labelled_frac))
         setup = {
+            "task": opts.task,
             "order": opts.order,
-            "data": {"train": opts.train, "labelled_frac": opts.labelled_frac, "seed": opts.seed, "val_frac": pu["val_frac"]},
-            "pu": {k: v for k, v in pu.items() if k not in ("device", "loss", "prior")},
-            "seeds": [opts.seed + j for j in range(opts.seeds_per_candidate)],
-            "prior": prior if opts.fitness in FITNESS_NEEDS_PRIOR else None,
             "workers_per_trial": opts.workers_per_trial,
             "cpus_per_worker": opts.cpus_per_worker,
             "gpus_per_worker": opts.gpus_per_worker,
             "train_storage": str(folder / "train"),
             "max_failures": opts.max_failures,
         }
+        if opts.task == "pu":
+            pu = asdict(PUConfig(epochs=opts.epochs, fitness=opts.fitness, seed=opts.seed, labelled_frac=opts.labelled_frac))
+            setup.update({
+                "data": {"train": opts.train, "labelled_frac": opts.labelled_frac, "seed": opts.seed, "val_frac": pu["val_frac"]},
+                "pu": {k: v for k, v in pu.items() if k not in ("device", "loss", "prior")},
+                "seeds": [opts.seed + j for j in range(opts.seeds_per_candidate)],
+                "prior": prior if opts.fitness in FITNESS_NEEDS_PRIOR else None,
+            })
+        else:
+            setup.update({"train": opts.train, "dpo": {k: v for k, v in asdict(opts.dpo_config()).items() if k != "device"}})
         attempt = 1 + sum(1 for p in folder.glob("tune-*") if p.is_dir())
         tuning_started = time.perf_counter()
         tuner = tune.Tuner(
@@ -207,7 +248,7 @@ def run_search(
                 name=f"tune-{attempt}",
                 storage_path=str(folder),
                 verbose=0,
-                callbacks=[EpochProgress(log, opts.epochs)],
+                callbacks=[EpochProgress(log, opts.epochs if opts.task == "pu" else opts.pack, opts.task)],
                 # A lost node can take the trial actor itself with it: Tune re-runs the trial, whose
                 # Train run (same name) continues from its newest checkpoint.
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -227,6 +268,8 @@ def run_search(
 
 def final_report(folder: Path, opts: SearchOptions, log=print) -> dict:
     """Score the best loss (and PAN, for reference) on the test split, once, after the search."""
+    if opts.task == "dpo":
+        return final_dpo_report(folder, opts, log)
     from trainers.pu import load_tables, train_pu
 
     train, test = load_tables(opts.train, opts.test)
@@ -245,6 +288,32 @@ def final_report(folder: Path, opts: SearchOptions, log=print) -> dict:
     return report
 
 
+def final_dpo_report(folder: Path, opts: SearchOptions, log=print) -> dict:
+    """Train the best loss and plain DPO with the search's settings, score both on the test pairs."""
+    from trainers.data.pairs import read_pairs
+    from trainers.dpo import default_pairs, train_dpo
+    from trainers.losses.preference_taylor import PreferenceTaylorLoss
+
+    if opts.train is None:
+        train, test = default_pairs(opts.seed)
+    else:
+        train, test = read_pairs(opts.train), read_pairs(opts.test) if opts.test else None
+    if test is None:
+        log("no --test given: the best loss is not scored on held-out data")
+        return {}
+    report = {}
+    for label, loss in (("best", PreferenceTaylorLoss.load(folder / "best_loss.json")), ("dpo", None)):
+        cfg = opts.dpo_config()
+        result = train_dpo(cfg, train, test, loss=loss)
+        report[label] = {"val_agreement": result["val_agreement"], "status": result["status"],
+                         **{f"test_{k}": v for k, v in result.get("test", {}).items() if k in ("agreement", "agreement_lc", "brier")}}
+    (folder / "final_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log("test pairs (scored once, after the search): " + "  ".join(
+        f"{k}: agreement {v['test_agreement']:.4f} (length-controlled {v['test_agreement_lc']:.4f})"
+        for k, v in report.items() if v.get("test_agreement") is not None))
+    return report
+
+
 try:
     from ray.tune import Callback as _TuneCallback
 except ImportError:  # pragma: no cover - Ray is a dependency; keeps `report` usable without it
@@ -254,11 +323,12 @@ except ImportError:  # pragma: no cover - Ray is a dependency; keeps `report` us
 class EpochProgress(_TuneCallback):
     """Live progress: each pack's epoch and best fitness as Train reports them."""
 
-    def __init__(self, log, epochs: int):
-        self.log, self.epochs = log, epochs
+    def __init__(self, log, steps: int, task: str = "pu"):
+        self.log, self.steps = log, steps
+        self.unit = "epoch" if task == "pu" else "candidate"  # a DPO pack trains its candidates in turn
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "candidate_fitness" in result:
             running = sum(t.status == "RUNNING" for t in trials)
-            self.log(f"  pack {trial.config.get('pack')}: epoch {result['epoch']}/{self.epochs}, "
+            self.log(f"  pack {trial.config.get('pack')}: {self.unit} {result['epoch']}/{self.steps}, "
                      f"best in pack {result['best_fitness']:.4f} ({running} trial(s) running)")

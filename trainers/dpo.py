@@ -1,0 +1,379 @@
+"""The DPO recipe: a config, data and model set-up, one training epoch, evaluation, and an
+in-process run. No Ray here: ``trainers/loop.py`` runs the same pieces as a Ray Train job.
+
+Read top to bottom: the config; the loss spec (a name of ``trainers.losses.preference`` or a
+preference Taylor JSON file); the model (the built-in tiny one, or ``--model DIR``); the pair
+tensors with their reference values computed once; the epoch; evaluation; ``train_dpo``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainers.data.pairs import PreferencePairs, split_by_prompt, synthetic_pairs, synthetic_vocabulary
+from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss
+from trainers.losses.preference_taylor import PreferenceTaylorLoss, preference_taylor_losses
+from trainers.metrics import preference_metrics
+from trainers.models.preference import (
+    EncodedTexts,
+    build_scoring_model,
+    encode_texts,
+    load_backbone,
+    tiny_backbone,
+    word_tokenizer,
+)
+
+BUILTIN_MODEL = "builtin-tiny"
+REFERENCE_FREE = ("bt",)
+
+
+@dataclass
+class DPOConfig:
+    mode: str = "encoder"  # encoder | causal
+    model: str | None = None  # a local Hugging Face folder; None: the built-in tiny model
+    loss: str = "dpo"  # dpo|soft|robust|ipo|hinge|bt, or a preference Taylor .json file
+    # None: 0.1 in causal mode (the DPO paper's), 1.0 in encoder mode, where the reference scores
+    # are all 0 and beta only sets the scale of the head's output (0.1 learnt ~3x slower there).
+    beta: float | None = None
+    epochs: int = 3
+    batch_size: int = 16
+    # None: 1e-3 for the built-in tiny model (random weights), 3e-5 for a pretrained --model.
+    lr: float | None = None
+    weight_decay: float = 0.01
+    max_length: int = 128  # tokens of prompt + response (+ special tokens)
+    max_prompt_length: int = 48  # the prompt keeps its last tokens
+    max_pairs: int | None = None  # train on a seeded sample of at most this many pairs (None: all)
+    val_frac: float = 0.1  # validation prompts, held out of training (epoch selection, search fitness)
+    seed: int = 0
+    robust_epsilon: float = 0.1
+    grad_clip: float = 1.0
+    eval_batch_size: int = 64
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.mode not in ("encoder", "causal"):
+            raise ValueError(f"--mode must be encoder or causal, got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be at least 1")
+        if self.beta is not None and not self.beta > 0:
+            raise ValueError(f"--beta must be positive, got {self.beta}")
+        if self.max_length < self.max_prompt_length + 4:
+            raise ValueError("--max-length must exceed --max-prompt-length by at least 4 tokens")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+        resolve_preference_loss(self.loss)
+
+    @property
+    def effective_beta(self) -> float:
+        """beta, resolved."""
+        return self.beta if self.beta is not None else (1.0 if self.mode == "encoder" else 0.1)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.model is None else 3e-5)
+
+
+def resolve_preference_loss(spec: str) -> str | PreferenceTaylorLoss:
+    if spec in PREFERENCE_LOSSES:
+        return spec
+    if spec.endswith(".json") or Path(spec).exists():
+        if not Path(spec).is_file():
+            raise ValueError(f"loss file {spec} does not exist")
+        return PreferenceTaylorLoss.load(spec)
+    raise ValueError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES} or a preference Taylor .json file")
+
+
+def reward_scale(loss: str | PreferenceTaylorLoss, beta: float) -> float:
+    """P(a better) = sigmoid(scale * (value_a - ref_a - value_b + ref_b)): beta for the DPO family,
+    1 for the reference-free Bradley-Terry score."""
+    return 1.0 if loss in REFERENCE_FREE else beta
+
+
+# -- model --------------------------------------------------------------------------------------
+
+
+def build_model(cfg: DPOConfig):
+    """(scoring model, tokenizer, model label). The built-in model's weights depend on the seed only."""
+    if cfg.model is None:
+        tokenizer = word_tokenizer(synthetic_vocabulary())
+        backbone = tiny_backbone(cfg.mode, len(tokenizer), seed=cfg.seed, max_positions=max(cfg.max_length, 64))
+        label = BUILTIN_MODEL
+    else:
+        backbone, tokenizer = load_backbone(cfg.model, cfg.mode)
+        label = str(cfg.model)
+    torch.manual_seed(cfg.seed)
+    return build_scoring_model(cfg.mode, backbone), tokenizer, label
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairTensors:
+    a: EncodedTexts
+    b: EncodedTexts
+    p: torch.Tensor  # [N] P(a better)
+    length_controlled: np.ndarray  # [N] bool
+    reference_a: torch.Tensor | None = None  # [N] the frozen initial model's values, computed once
+    reference_b: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.p)
+
+    @property
+    def truncated(self) -> int:
+        return max(self.a.truncated, self.b.truncated)
+
+
+def encode_pairs(tokenizer, pairs: PreferencePairs, cfg: DPOConfig) -> PairTensors:
+    enc = lambda responses: encode_texts(tokenizer, pairs.prompt, responses, cfg.mode, cfg.max_length, cfg.max_prompt_length)
+    return PairTensors(enc(pairs.a), enc(pairs.b), torch.as_tensor(pairs.p, dtype=torch.float32), pairs.length_controlled())
+
+
+@torch.no_grad()
+def values(model, texts: EncodedTexts, batch_size: int, device) -> torch.Tensor:
+    """The model's value (score or log pi(y|x)) of every text, in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(texts)))
+        out.append(model(*(t.to(device) for t in texts.batch(index))).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def cache_reference(model, data: PairTensors, cfg: DPOConfig, device) -> None:
+    """Reference values, once: the model *before* training is the frozen reference."""
+    data.reference_a = values(model, data.a, cfg.eval_batch_size, device)
+    data.reference_b = values(model, data.b, cfg.eval_batch_size, device)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def pair_loss(loss, value_a, value_b, ref_a, ref_b, p, cfg: DPOConfig) -> torch.Tensor:
+    """``loss``: a name of :data:`PREFERENCE_LOSSES`, or any ``(delta, p) -> loss`` (a
+    :class:`PreferenceTaylorLoss`, or a raw search candidate from :func:`taylor_pair_loss`)."""
+    if isinstance(loss, str):
+        return preference_loss(loss, value_a, value_b, ref_a, ref_b, p, cfg.effective_beta, cfg.robust_epsilon)
+    return loss(cfg.effective_beta * log_ratio_margin(value_a, value_b, ref_a, ref_b), p)
+
+
+def taylor_pair_loss(coefficients: list[float], center: float):
+    """A raw candidate (unvalidated, NaN allowed) of the preference Taylor family as a loss."""
+    w = torch.tensor([coefficients], dtype=torch.float32)
+    a = torch.tensor([center], dtype=torch.float32)
+
+    def loss(delta, p):
+        return preference_taylor_losses(w.to(delta.device), a.to(delta.device), delta, p)[0].mean()
+
+    return loss
+
+
+GradientSync = Callable[[list[torch.Tensor]], None]
+
+
+def make_optimizer(model, cfg: DPOConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def train_epoch(model, optimizer, data: PairTensors, loss, cfg: DPOConfig, generator: torch.Generator, device,
+                shard: tuple[int, int] = (0, 1), sync: GradientSync | None = None) -> float:
+    """One pass over the pairs in shuffled batches. Data-parallel workers share ``generator``'s
+    seed, so they agree on the shuffle and each takes an equal slice of every batch."""
+    model.train()
+    rank, world = shard
+    order = torch.randperm(len(data), generator=generator)
+    global_batch = cfg.batch_size * world
+    steps = max(1, len(order) // global_batch) if len(order) >= world else 0
+    params = [q for q in model.parameters() if q.requires_grad]
+    total = 0.0
+    for step in range(steps):
+        index = order[step * global_batch:(step + 1) * global_batch][rank::world]
+        a = model(*(t.to(device) for t in data.a.batch(index)))
+        b = model(*(t.to(device) for t in data.b.batch(index)))
+        ref_a, ref_b = data.reference_a[index].to(device), data.reference_b[index].to(device)
+        value = pair_loss(loss, a, b, ref_a, ref_b, data.p[index].to(device), cfg)
+        optimizer.zero_grad(set_to_none=False)
+        value.backward()
+        if sync is not None:
+            sync(params)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        total += float(value.detach())
+    return total / max(steps, 1)
+
+
+def prob_a_better(value_a, value_b, ref_a, ref_b, scale: float) -> np.ndarray:
+    margin = scale * log_ratio_margin(value_a, value_b, ref_a, ref_b)
+    return torch.sigmoid(margin.double()).numpy()
+
+
+def evaluate(model, data: PairTensors, scale: float, cfg: DPOConfig, device) -> dict:
+    """Agreement (overall and length-controlled), Brier/ECE for soft labels, and pairs/s."""
+    started = time.perf_counter()
+    a = values(model, data.a, cfg.eval_batch_size, device)
+    b = values(model, data.b, cfg.eval_batch_size, device)
+    seconds = time.perf_counter() - started
+    prob = prob_a_better(a, b, data.reference_a, data.reference_b, scale)
+    if not np.isfinite(prob).all():
+        return {"pairs": len(data), "agreement": float("nan"), "status": "diverged"}
+    out = preference_metrics(prob, data.p.numpy(), data.length_controlled)
+    out.update(status="ok", pairs_per_second=len(data) / max(seconds, 1e-9))
+    return out
+
+
+# -- one in-process run -------------------------------------------------------------------------------
+
+
+def default_pairs(seed: int = 0) -> tuple[PreferencePairs, PreferencePairs]:
+    """The built-in task: 3000 training pairs and 1000 test pairs drawn with another seed."""
+    return synthetic_pairs(3000, seed=seed), synthetic_pairs(1000, seed=seed + 10_000)
+
+
+@dataclass
+class Prepared:
+    model: torch.nn.Module
+    tokenizer: object
+    model_label: str
+    train: PairTensors
+    val: PairTensors
+    split_sizes: tuple[int, int]
+
+
+def prepare(cfg: DPOConfig, pairs: PreferencePairs, device) -> Prepared:
+    """Sample (``max_pairs``), split by prompt, build the model, encode both splits, cache the
+    reference values."""
+    if cfg.max_pairs is not None and len(pairs) > cfg.max_pairs:
+        pairs = pairs.take(np.sort(np.random.default_rng(cfg.seed).choice(len(pairs), cfg.max_pairs, replace=False)))
+    train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_frac, cfg.seed)
+    model, tokenizer, label = build_model(cfg)
+    model.to(device)
+    train, val = encode_pairs(tokenizer, train_pairs, cfg), encode_pairs(tokenizer, val_pairs, cfg)
+    cache_reference(model, train, cfg, device)
+    cache_reference(model, val, cfg, device)
+    return Prepared(model, tokenizer, label, train, val, (len(train_pairs), len(val_pairs)))
+
+
+def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: PreferencePairs | None = None,
+              log: Callable[[str], None] = lambda m: None, loss=None) -> dict:
+    """Train in this process and keep the epoch with the best validation agreement.
+
+    ``loss`` overrides ``cfg.loss`` with a callable ``(delta, p) -> loss`` (a search candidate).
+    Returns metrics; the trained model is in ``result["model"]``.
+    """
+    cfg.validate()
+    started = time.perf_counter()
+    if pairs is None:
+        pairs, default_test = default_pairs(cfg.seed)
+        test = default_test if test is None else test
+    device = torch.device(cfg.device)
+    loss = loss if loss is not None else resolve_preference_loss(cfg.loss)
+    scale = reward_scale(loss, cfg.effective_beta)
+    prep = prepare(cfg, pairs, device)
+    log(f"data: {pairs.source}: {prep.split_sizes[0]} train / {prep.split_sizes[1]} validation pairs "
+        f"(split by prompt), {prep.train.truncated + prep.val.truncated} truncated to {cfg.max_length} tokens")
+    run = Run.start(prep.model, cfg)
+    while run.epoch < cfg.epochs:
+        train_loss = train_epoch(run.model, run.optimizer, prep.train, loss, cfg, run.generator, device)
+        val = evaluate(run.model, prep.val, scale, cfg, device)
+        run.record({"train_loss": train_loss, **val})
+        log(f"epoch {run.epoch}/{cfg.epochs}  loss {train_loss:.4f}  val agreement {val['agreement']:.4f}")
+        if not math.isfinite(train_loss) or val["status"] != "ok":
+            break
+    best_state = run.best_state
+    if best_state is not None:
+        prep.model.load_state_dict(best_state)
+    result = {
+        "status": "ok" if best_state is not None else "diverged",
+        "val_agreement": run.best_agreement if best_state is not None else float("nan"),
+        "history": run.history,
+        "model_label": prep.model_label,
+        "config": asdict(cfg),
+        "model": prep.model,
+        "tokenizer": prep.tokenizer,
+    }
+    if test is not None and best_state is not None:
+        test_data = encode_pairs(prep.tokenizer, test, cfg)
+        # The built-in reference scores are cached from the *initial* model; rebuild it for test.
+        reference, _, _ = build_model(cfg)
+        cache_reference(reference.to(device), test_data, cfg, device)
+        result["test"] = evaluate(prep.model, test_data, scale, cfg, device)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+# -- a run that can stop and resume (used by the Ray Train loop) ---------------------------------
+
+
+@dataclass
+class Run:
+    """What a checkpoint holds: the model and optimiser, the shuffle stream, the epoch, and the
+    weights from the best validation epoch so far (the scorer that gets saved)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    epoch: int = 0
+    best_agreement: float = -math.inf
+    best_state: dict | None = None
+    history: list | None = None
+
+    @classmethod
+    def start(cls, model, cfg: DPOConfig) -> "Run":
+        return cls(model, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), history=[])
+
+    def record(self, epoch_metrics: dict) -> None:
+        self.epoch += 1
+        self.history.append({"epoch": self.epoch, **epoch_metrics})
+        agreement = epoch_metrics.get("agreement", float("nan"))
+        if epoch_metrics.get("status") == "ok" and agreement > self.best_agreement:
+            self.best_agreement = agreement
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "epoch": self.epoch, "best_agreement": self.best_agreement,
+                "best_state": self.best_state, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.best_agreement = int(state["epoch"]), float(state["best_agreement"])
+        self.best_state, self.history = state["best_state"], list(state["history"])
+
+
+def save_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, loss_label: str) -> None:
+    """Write the trained scorer: the policy at its best validation epoch, the tokenizer, and in
+    causal mode (DPO family) the frozen reference, rebuilt from the same initial weights."""
+    from trainers.models.preference import backbone_of, save_scoring_model
+    from trainers.scorer import REFERENCE_FOLDER
+
+    loss = loss_label  # only "is it reference-free?" matters here
+    model, tokenizer, model_label = build_model(cfg)
+    reference = backbone_of(model)
+    uses_reference = cfg.mode == "causal" and loss not in REFERENCE_FREE
+    if uses_reference:
+        reference.save_pretrained(Path(folder) / REFERENCE_FOLDER)
+        tokenizer.save_pretrained(Path(folder) / REFERENCE_FOLDER)
+    model.load_state_dict(best_state)
+    save_scoring_model(model, tokenizer, folder, {
+        "format_version": 1,
+        "mode": cfg.mode,
+        "loss": loss_label,
+        "beta": cfg.effective_beta,
+        "reward_scale": reward_scale(loss, cfg.effective_beta),
+        "uses_reference": uses_reference,
+        "max_length": cfg.max_length,
+        "max_prompt_length": cfg.max_prompt_length,
+        "base_model": model_label,
+    })
