@@ -120,7 +120,10 @@ def run_train_dpo(
     if state["best_state"] is None:
         raise RuntimeError("training diverged in every epoch: no scorer to save (try a lower --lr)")
     save_scorer(folder / "scorer", cfg, state["best_state"], cfg.loss)
+    progress = [json.loads(line) for line in (folder / PROGRESS_FILE).read_text().splitlines()] \
+        if (folder / PROGRESS_FILE).exists() else []
     metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": workers,
+               "replicas_in_sync": all(m.get("replicas_in_sync", True) for m in progress),
                "history": state["history"], "best_val_agreement": state["best_agreement"],
                "train_seconds": sum(h.get("train_seconds", 0.0) for h in state["history"])}
     if test_pairs is not None:

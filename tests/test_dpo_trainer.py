@@ -140,8 +140,11 @@ def test_untrained_policy_equals_its_reference(mode):
     data = encode_pairs(tok, synthetic_pairs(40, seed=2), cfg)
     cache_reference(model, data, cfg, "cpu")
     assert torch.equal(values(model, data.a, 16, "cpu"), data.reference_a)
+    assert torch.equal(values(model, data.b, 16, "cpu"), data.reference_b)
     if mode == "encoder":  # zero-initialised head: the reference scores every response 0
         assert torch.count_nonzero(data.reference_a) == 0
+    else:
+        assert (data.reference_a < 0).all()  # log-probs
 
 
 @pytest.mark.parametrize("mode, loss", [("encoder", "dpo"), ("causal", "dpo"), ("encoder", "bt")])

@@ -59,6 +59,18 @@ def average_gradients(params: list[torch.Tensor]) -> None:
         offset += n
 
 
+def replicas_in_sync(params: list[torch.Tensor]) -> bool:
+    """Whether every data-parallel worker holds the same weights (a checksum's min == max):
+    averaged gradients and equal step counts keep them so; anything else is a bug worth seeing."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return True
+    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+    low, high = checksum.clone(), checksum.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.isclose(low, high, rtol=1e-9, atol=1e-9))
+
+
 def _gradient_sync(params: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
     average_gradients(params)
     agreed = alive.to(torch.int32)
@@ -201,6 +213,7 @@ def dpo_worker_loop(config: dict) -> None:
                    "train_pairs": prep.split_sizes[0], "val_pairs": prep.split_sizes[1],
                    "truncated_pairs": prep.train.truncated + prep.val.truncated,
                    "resumed_from_epoch": resumed_from_epoch, "train_seconds": train_seconds,
+                   "replicas_in_sync": replicas_in_sync(list(run.model.parameters())),
                    "worker_seconds": time.perf_counter() - started, "run_finished": finished}
         if rank == 0 and config.get("progress"):
             _append_progress(config["progress"], metrics)

