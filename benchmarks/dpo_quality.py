@@ -63,7 +63,7 @@ def main() -> None:
         rows[loss] = {**result["test"], "val_agreement": result["val_agreement"],
                       "train_seconds": time.perf_counter() - started - result["test"]["pairs"] / result["test"]["pairs_per_second"]}
     print(f"\nAlpacaEval test: {len(test)} pairs ({rows['longer wins']['pairs_lc']} length-controlled); "
-          f"model {Path(model).name} ({params / 1e6:.1f}M parameters), {args.max_pairs} training pairs, "
+          f"model {'/'.join(Path(model).parts[-2:])} ({params / 1e6:.1f}M parameters), {args.max_pairs} training pairs, "
           f"{args.epochs} epoch(s), max length {args.max_length}, {args.device}")
     print(f"{'method':<12} {'agreement':>9} {'length-ctl':>10} {'val':>6} {'train s':>8} {'pairs/s':>8}")
     for name, r in rows.items():

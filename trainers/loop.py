@@ -49,6 +49,9 @@ def average_gradients(params: list[torch.Tensor]) -> None:
     """Data parallelism by hand: one all-reduce of every gradient, flattened (DDP's job,
     without wrapping the model, so packed populations and HF models share it)."""
     world = dist.get_world_size()
+    # Parameters no loss reaches (e.g. a BERT pooler the mean-pooled scorer never uses) have no
+    # gradient, on every worker alike.
+    params = [p for p in params if p.grad is not None]
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     dist.all_reduce(flat)
     flat /= world
