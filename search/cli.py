@@ -187,6 +187,15 @@ def run_score_pairs(args) -> int:
 # -- search, resume, report ---------------------------------------------------------------
 
 
+def _pack(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pack takes a number or auto, got {value!r}") from None
+
+
 def _search_options_parser(p, defaults) -> None:
     d = defaults
     p.add_argument("--task", default=d.task, choices=["pu", "dpo"],
@@ -200,7 +209,9 @@ def _search_options_parser(p, defaults) -> None:
     p.add_argument("--optimizer", default=d.optimizer, help="any name in Nevergrad's optimizer registry")
     p.add_argument("--order", type=int, default=d.order, help="Taylor order: 1-4 (pu), 1-6 (dpo)")
     p.add_argument("--fitness", default=None, help="pu: pu_auc (default), lee_liu, pu_accuracy, pu_f1; dpo: val_agreement")
-    p.add_argument("--pack", type=int, default=d.pack, help="candidates trained together in one trial")
+    p.add_argument("--pack", type=_pack, default=d.pack,
+                   help="candidates trained together in one trial, or auto (default): the budget over one round of "
+                        "concurrent trials, at most 64 members on CPU, 256 on GPU, 16 DPO candidates")
     p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: from cluster resources)")
     p.add_argument("--workers-per-trial", type=int, default=d.workers_per_trial)
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
@@ -236,7 +247,7 @@ def options_from_args(args):
     if args.seed_losses is not None:
         values["seed_losses"] = [s for s in args.seed_losses.split(",") if s]
     if args.smoke_test:
-        values.update(budget=min(values["budget"], 8), pack=min(values["pack"], 4))
+        values.update(budget=min(values["budget"], 8), pack=min(values["pack"] or 4, 4))
         values.update(epochs=2) if args.task == "pu" else values.update(epochs=1, max_pairs=600)
     return SearchOptions(**values)
 

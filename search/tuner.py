@@ -48,7 +48,7 @@ class SearchOptions:
     optimizer: str = "TwoPointsDE"
     order: int = 2
     fitness: str | None = None  # None: the task's (pu_auc, val_agreement)
-    pack: int = 8  # candidates per trial
+    pack: int | None = None  # candidates per trial; None ("auto"): see auto_pack
     concurrency: int | None = None  # trials at once; None: from the cluster's resources
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
@@ -73,7 +73,7 @@ class SearchOptions:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}")
-        if self.budget < 1 or self.pack < 1 or self.epochs < 1 or self.seeds_per_candidate < 1:
+        if self.budget < 1 or (self.pack is not None and self.pack < 1) or self.epochs < 1 or self.seeds_per_candidate < 1:
             raise ValueError("--budget, --pack, --epochs and --seeds-per-candidate must be at least 1")
         if self.workers_per_trial < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
             raise ValueError("--workers-per-trial must be >= 1 and --cpus/--gpus-per-worker >= 0")
@@ -165,6 +165,28 @@ def default_concurrency(opts: SearchOptions) -> int:
     return max(1, min(limits) if limits else 1)
 
 
+# Members (candidates x seeds) one PU pack may stack. On a CPU a pack's step costs about K
+# single steps, so past a few dozen members bigger packs stop saving anything but keep the
+# optimiser waiting; a GPU takes far more members per step. Memory is not the limit at these
+# sizes (a member of the default problem's selector/discriminator pair, with AdamW state, is
+# about 3 MB).
+AUTO_PACK_MEMBERS = {"cpu": 64, "gpu": 256}
+AUTO_PACK_DPO = 16  # DPO packs train their candidates one after another
+
+
+def auto_pack(opts: SearchOptions, concurrency: int) -> int:
+    """--pack auto: spread the budget over one round of concurrent trials, within a cap.
+
+    Each Train job costs ~10-15 s to start whatever its size, so the fewer and fuller the packs,
+    the more of each trial is training; one round of ``concurrency`` packs keeps every slot busy.
+    """
+    if opts.task == "dpo":
+        cap = AUTO_PACK_DPO
+    else:
+        cap = max(1, AUTO_PACK_MEMBERS["gpu" if opts.gpus_per_worker > 0 else "cpu"] // opts.seeds_per_candidate)
+    return max(1, min(cap, -(-opts.budget // concurrency)))
+
+
 def run_search(
     opts: SearchOptions, resume: bool = False, address: str | None = None, log=print, searcher_class=None
 ) -> dict:
@@ -207,17 +229,18 @@ def run_search(
 
     start_ray(address)
     concurrency = opts.concurrency or default_concurrency(opts)
+    pack = opts.pack or auto_pack(opts, concurrency)
     space = space_for(opts.task, opts.order)
     seed_prior = prior if prior is not None else 0.5
     seeds = [(n, space.seed_point(n, prior=seed_prior)) for n in opts.seed_losses]
     evaluation_log = EvaluationLog(folder)
     searcher = (searcher_class or PackSearcher)(
-        space, opts.optimizer, opts.budget, opts.pack, opts.pack * concurrency, opts.seed, evaluation_log,
+        space, opts.optimizer, opts.budget, pack, pack * concurrency, opts.seed, evaluation_log,
         seed_vectors=seeds, progress=log,
     )
     packs = searcher.packs_to_run()
     log(f"search {opts.name} ({opts.task}): {opts.budget} candidates (order {opts.order}, {space.dimension} dims, "
-        f"{opts.optimizer}), {searcher.told} already evaluated; {packs} pack(s) of up to {opts.pack}, "
+        f"{opts.optimizer}), {searcher.told} already evaluated; {packs} pack(s) of up to {pack}{'' if opts.pack else ' (auto)'}, "
         f"{concurrency} at a time -> {folder}")
     if packs:
         setup = {
@@ -248,7 +271,7 @@ def run_search(
                 name=f"tune-{attempt}",
                 storage_path=str(folder),
                 verbose=0,
-                callbacks=[EpochProgress(log, opts.epochs if opts.task == "pu" else opts.pack, opts.task)],
+                callbacks=[EpochProgress(log, opts.epochs if opts.task == "pu" else pack, opts.task)],
                 # A lost node can take the trial actor itself with it: Tune re-runs the trial, whose
                 # Train run (same name) continues from its newest checkpoint.
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -262,7 +285,7 @@ def run_search(
     log(format_leaderboard(summary))
     summary["final"] = final_report(folder, opts, log) if summary["best"] else None
     summary.update(seconds=time.perf_counter() - started, tuning_seconds=tuning_seconds,
-                   concurrency=concurrency, folder=str(folder))
+                   concurrency=concurrency, pack=pack, folder=str(folder))
     return summary
 
 

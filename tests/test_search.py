@@ -111,3 +111,20 @@ def test_submit_passes_every_search_option_through():
     again = options_from_args(build_parser().parse_args(["search", *search_argv(opts)]))
     assert again == opts
     assert opts.storage == "~/lossforge_results"  # a job's working directory is temporary
+
+
+def test_pack_auto_spreads_the_budget_over_one_round_within_caps():
+    from search.cli import build_parser, options_from_args
+    from search.tuner import auto_pack
+
+    assert auto_pack(SearchOptions(budget=32), concurrency=2) == 16
+    assert auto_pack(SearchOptions(budget=5), concurrency=2) == 3
+    assert auto_pack(SearchOptions(budget=5000), concurrency=2) == 64  # CPU cap, in members
+    assert auto_pack(SearchOptions(budget=5000, seeds_per_candidate=4), concurrency=2) == 16
+    assert auto_pack(SearchOptions(budget=5000, gpus_per_worker=0.25), concurrency=4) == 256
+    assert auto_pack(SearchOptions(task="dpo", budget=5000), concurrency=1) == 16
+    args = build_parser().parse_args(["search", "--pack", "auto"])
+    assert options_from_args(args).pack is None
+    assert options_from_args(build_parser().parse_args(["search", "--pack", "12"])).pack == 12
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--pack", "many"])
