@@ -21,7 +21,9 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
     args = ["train-dpo", "--out", str(out), "--epochs", "3", "--max-pairs", "2000"]
     driver = lossforge(*args, cwd=tmp_path, log=tmp_path / "run1.log")
     try:
-        wait_for(lambda: list((out / "ray" / "train-dpo").glob("checkpoint_*")), 240, "the first checkpoint")
+        # Train records a checkpoint in its snapshot once the copy is complete: kill after that.
+        snapshot = out / "ray" / "train-dpo" / "checkpoint_manager_snapshot.json"
+        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "the first checkpoint")
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
     finally:
