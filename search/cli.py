@@ -407,12 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = [add_train_pu, add_train_dpo, add_score_pairs, add_embed, add_search, add_resume, add_report, add_submit, add_jobs]
 
 
+def _exit_cleanly(code: int) -> int:
+    """Disconnect from Ray (if a command joined it) within a bound: a hung disconnect after a
+    lost node must not hold the finished command. Everything is on disk by then."""
+    import os
+
+    if "search.tuner" not in sys.modules:
+        return code
+    from search.tuner import ray_started_here, stop_ray
+
+    if not ray_started_here():
+        return code  # the caller's own Ray session (e.g. a notebook or a test): leave it be
+
+    if not stop_ray(timeout=30.0):
+        print("lossforge: the Ray disconnect did not finish in 30 s (a node of the cluster was lost?); "
+              "exiting anyway, every result is written", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)  # atexit would call ray.shutdown() again and hang the same way
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     from trainers.data.shards import DataError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return _exit_cleanly(args.run(args))
     except (DataError, UsageError, ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -131,12 +131,20 @@ def _check_data(opts: SearchOptions):
     return train, test
 
 
+_STARTED_HERE = []  # True once start_ray connected this process (not a caller's own ray.init)
+
+
+def ray_started_here() -> bool:
+    return bool(_STARTED_HERE)
+
+
 def start_ray(address: str | None, quiet: bool = True) -> None:
     """Join ``address``, or the cluster a Ray job runs in, or start a local cluster."""
     import ray
 
     if ray.is_initialized():
         return
+    _STARTED_HERE.append(True)
     kwargs = {"log_to_driver": not quiet}
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # A driver submitted through the Jobs API: `lossforge submit` put RAY_ENV in the job's
@@ -149,6 +157,31 @@ def start_ray(address: str | None, quiet: bool = True) -> None:
     else:
         os.environ.update(RAY_ENV)  # a local cluster's processes inherit the driver's environment
         ray.init(include_dashboard=False, **kwargs)
+
+
+def stop_ray(timeout: float = 30.0) -> bool:
+    """Disconnect from Ray within ``timeout`` seconds; False if it did not finish in time.
+
+    After a node of the cluster died, a driver's disconnect could hang for minutes (seen in the
+    node-loss test: the search had finished and written its report 6 minutes earlier). The
+    command's work is on disk by then, so the CLI may exit without waiting for it.
+    """
+    import threading
+
+    import ray
+
+    if not ray.is_initialized():
+        return True
+    done = threading.Event()
+
+    def shutdown():
+        try:
+            ray.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, name="ray-shutdown", daemon=True).start()
+    return done.wait(timeout)
 
 
 def default_concurrency(opts: SearchOptions) -> int:

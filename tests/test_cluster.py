@@ -93,12 +93,9 @@ def train_worker_on_a_worker_node(cluster) -> int | None:
     return None
 
 
-@pytest.mark.skipif(
-    not os.environ.get("LOSSFORGE_NODE_LOSS_TEST"),
-    reason="opt-in (LOSSFORGE_NODE_LOSS_TEST=1): on a loaded 2-core machine the pack after a node loss stalled "
-    "past 420 s in our last run; the lost pack itself finished. Open work on issue 5.",
-)
 def test_losing_a_node_restarts_the_pack_from_its_checkpoint(cluster, tmp_path):
+    # Once in three runs the driver's Ray disconnect hung for minutes after the search had
+    # finished (a dead node's raylet); the CLI now bounds it at 30 s (search.tuner.stop_ray).
     log = EvaluationLog(tmp_path / "node")
     driver = cluster.lossforge("search", "--address", cluster.address, "--name", "node", "--storage", str(tmp_path),
                                "--budget", "6", "--pack", "2", "--epochs", "10", "--concurrency", "1",
