@@ -95,7 +95,8 @@ def run_train_dpo(
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
     start_ray(address)
-    log(f"train-dpo: {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
+    used = len(train_pairs) if cfg.max_pairs is None else min(cfg.max_pairs, len(train_pairs))
+    log(f"train-dpo: {used} of {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
         f"{workers} worker(s) -> {folder}")
     dpo = {k: v for k, v in asdict(cfg).items() if k != "device"}
     trainer = TorchTrainer(
