@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,49 +26,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from search.background import every  # noqa: E402
 from search.evaluations import EvaluationLog  # noqa: E402
 from search.tuner import SearchOptions, run_search  # noqa: E402
 
 
-class Utilisation:
-    """nvidia-smi utilisation.gpu samples while the block runs."""
+def sample_utilisation(samples: list[float]) -> None:
+    """Append nvidia-smi's utilization.gpu now to ``samples``."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True)
+    except OSError:  # no nvidia-smi: the summary says "no samples"
+        return
+    if out.returncode == 0 and out.stdout.strip():
+        samples.append(float(out.stdout.split()[0]))
 
-    def __init__(self):
-        self.samples: list[float] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self):
-        while not self.stop.wait(0.5):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True)
-            if out.returncode == 0 and out.stdout.strip():
-                self.samples.append(float(out.stdout.split()[0]))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-    def summary(self) -> str:
-        if not self.samples:
-            return "no nvidia-smi samples"
-        return f"GPU utilisation median {statistics.median(self.samples):.0f} %, mean {statistics.mean(self.samples):.0f} %"
+def utilisation_summary(samples: list[float]) -> str:
+    if not samples:
+        return "no nvidia-smi samples"
+    return f"GPU utilisation median {statistics.median(samples):.0f} %, mean {statistics.mean(samples):.0f} %"
 
 
 def search(name: str, storage: str, **options) -> dict:
     opts = SearchOptions(name=name, storage=storage, optimizer="RandomSearch", seed_losses=[], **options)
-    with Utilisation() as util:
+    samples: list[float] = []
+    with every(0.5, lambda: sample_utilisation(samples), final=False):
         summary = run_search(opts, log=lambda m: None)
     ray.shutdown()
     tells = [e for e in EvaluationLog(Path(summary["folder"])).events() if e["event"] == "tell"]
     ok = sum(e["status"] == "ok" for e in tells)
     rate = opts.budget / summary["tuning_seconds"] * 3600
     print(f"{name:<28} {summary['tuning_seconds']:>7.1f} s {rate:>9.0f} cand/h  pack {summary['pack']:>3}  "
-          f"concurrency {summary['concurrency']}  ok {ok}/{opts.budget}  {util.summary()}", flush=True)
+          f"concurrency {summary['concurrency']}  ok {ok}/{opts.budget}  {utilisation_summary(samples)}", flush=True)
     return {"seconds": summary["tuning_seconds"], "rate": rate, "ok": ok}
 
 

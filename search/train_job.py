@@ -60,6 +60,7 @@ def run_train_dpo(
     from ray import train as ray_train
     from ray.train.torch import TorchTrainer
 
+    from search.background import every
     from search.tuner import start_ray
     from trainers.loop import RUN_FILE, dpo_worker_loop
 
@@ -112,7 +113,7 @@ def run_train_dpo(
             checkpoint_config=ray_train.CheckpointConfig(num_to_keep=1),
         ),
     )
-    with _ProgressPrinter(folder / PROGRESS_FILE, cfg.epochs, log):
+    with every(0.5, _progress_printer(folder / PROGRESS_FILE, cfg.epochs, log)):
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
@@ -175,35 +176,18 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     return summary
 
 
-class _ProgressPrinter:
-    """Prints each epoch line the rank-0 worker appends to ``progress.jsonl`` while Train runs."""
+def _progress_printer(path: Path, epochs: int, log):
+    """A function that prints the epoch lines the rank-0 worker appended to ``progress.jsonl``
+    since its last call (lines from before a resume were printed by that earlier run)."""
+    seen = [sum(1 for _ in open(path)) if path.exists() else 0]
 
-    def __init__(self, path: Path, epochs: int, log):
-        import threading
+    def print_new() -> None:
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines[seen[0]:]:
+            m = json.loads(line)
+            log(f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
+                f"{m['val_agreement']:.4f} (length-controlled {m['val_agreement_lc']:.4f})"
+                + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
+        seen[0] = max(seen[0], len(lines))
 
-        self.path, self.epochs, self.log = path, epochs, log
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._follow, daemon=True)
-        self.seen = sum(1 for _ in open(path)) if path.exists() else 0  # lines from before a resume
-
-    def _follow(self) -> None:
-        while True:
-            stopping = self.stop.is_set()
-            lines = self.path.read_text().splitlines() if self.path.exists() else []
-            for line in lines[self.seen:]:
-                m = json.loads(line)
-                self.log(f"  epoch {m['epoch']}/{self.epochs}  loss {m['train_loss']:.4f}  val agreement "
-                         f"{m['val_agreement']:.4f} (length-controlled {m['val_agreement_lc']:.4f})"
-                         + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
-            self.seen = max(self.seen, len(lines))
-            if stopping:
-                return
-            self.stop.wait(0.5)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
+    return print_new
