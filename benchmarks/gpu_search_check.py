@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from search.background import every  # noqa: E402
 from search.evaluations import EvaluationLog  # noqa: E402
-from search.tuner import SearchOptions, run_search  # noqa: E402
+from search.options import PUSearchOptions, SearchOptions  # noqa: E402
+from search.tuner import run_search  # noqa: E402
 
 
 def sample_utilisation(samples: list[float]) -> None:
@@ -49,7 +50,10 @@ def utilisation_summary(samples: list[float]) -> str:
 
 
 def search(name: str, storage: str, **options) -> dict:
-    opts = SearchOptions(name=name, storage=storage, optimizer="RandomSearch", seed_losses=[], **options)
+    # The packing machinery alone (one fold, no controls, no halving or re-evaluation), as the
+    # throughput benchmark measures it on CPUs.
+    plain = PUSearchOptions(folds=1, controls=[], rungs=[], reevaluate=0)
+    opts = SearchOptions(name=name, storage=storage, optimizer="RandomSearch", seed_losses=[], task_options=plain, **options)
     samples: list[float] = []
     with every(0.5, lambda: sample_utilisation(samples), final=False):
         summary = run_search(opts, log=lambda m: None)

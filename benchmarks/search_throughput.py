@@ -6,7 +6,8 @@
   (c) lossforge's default search path (packs of --pack candidates per Train job).
 
 Candidates come from Nevergrad's RandomSearch with a fixed seed, so all three train the same
-ones. Prints candidates/hour, the ratios, and the share of (c)'s trial slots spent outside
+ones, each on one fold with one seed, every epoch, no controls and no re-evaluation (the packing
+machinery alone; the honest-fitness costs are measured by search_efficiency.py). Prints candidates/hour, the ratios, and the share of (c)'s trial slots spent outside
 training steps. The last line reads ``ratio c/a=<x> c/b=<y>``.
 
     python benchmarks/search_throughput.py --quick      # under 2 minutes on 2 CPUs
@@ -26,10 +27,14 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from search.evaluations import EvaluationLog  # noqa: E402
+from search.options import PUSearchOptions, SearchOptions  # noqa: E402
 from search.space import TaylorSpace, make_optimizer  # noqa: E402
-from search.tuner import SearchOptions, run_search  # noqa: E402
-from trainers.loop import load_split  # noqa: E402
-from trainers.pu import PUConfig, train_pack  # noqa: E402
+from search.tuner import run_search  # noqa: E402
+from trainers.config import PUConfig  # noqa: E402
+from trainers.pu_pack import PUPackPlan, run_pack  # noqa: E402
+
+# One fold, one seed, every epoch, no controls, no re-evaluation: the same work in all three paths.
+PLAIN = PUSearchOptions(folds=1, controls=[], rungs=[], reevaluate=0)
 
 
 def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
@@ -41,11 +46,12 @@ def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
     """(seconds, training seconds) of the plain in-process loop: each candidate alone, the
     same recipe and per-epoch evaluation as a trial."""
     space = TaylorSpace(opts.order)
-    cfg = PUConfig(epochs=opts.epochs, seed=opts.seed, labelled_frac=opts.labelled_frac)
+    o = opts.task_options
+    plan = PUPackPlan(datasets=list(opts.train) or [None], labelled_frac=o.labelled_frac, seed=opts.seed,
+                      pu=PUConfig(epochs=opts.epochs, seed=opts.seed), folds=1, rungs=[opts.epochs])
     started = time.perf_counter()
-    split = load_split(opts.train, opts.labelled_frac, opts.seed, cfg.val_frac)
-    for v in vectors:
-        train_pack(split, [space.candidate(v)], [opts.seed], cfg)
+    for i, v in enumerate(vectors):
+        run_pack(plan, i, [{"id": i, **space.candidate(v)}])
     seconds = time.perf_counter() - started
     return seconds, seconds  # nothing but training and its evaluation happens here
 
@@ -72,8 +78,8 @@ def main() -> None:
     args = p.parse_args()
     n, epochs = (4, 3) if args.quick else (args.candidates, args.epochs)
     storage = tempfile.mkdtemp(prefix="lossforge-throughput-")
-    common = dict(storage=storage, train=args.train, budget=n, epochs=epochs, optimizer="RandomSearch",
-                  seed_losses=[], gpus_per_worker=args.gpus_per_worker)
+    common = dict(storage=storage, train=[args.train] if args.train else [], budget=n, epochs=epochs,
+                  optimizer="RandomSearch", seed_losses=[], gpus_per_worker=args.gpus_per_worker, task_options=PLAIN)
     vectors = candidates(n, SearchOptions.order, SearchOptions.seed)
     try:
         a_s, a_train = bare(vectors, SearchOptions(**common))

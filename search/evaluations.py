@@ -2,18 +2,24 @@
 
 One JSON object per line, in the order things happened in the driver:
   {"event": "ask",  "id", "pack", "vector", "source"}      a candidate was asked of the optimiser
-  {"event": "tell", "id", "pack", "fitness", "status", "wall_seconds", "trial"}   its result
+  {"event": "tell", "id", "pack", "fitness", "status", "details", "wall_seconds", "trial"}   its result
 Each line is flushed and fsynced before anything depends on it, so after a crash the log holds
-every evaluation that finished; a half-written last line is ignored. Resuming replays the log
-into a fresh optimiser (same seed, same ask/tell order) instead of trusting a pickled searcher.
+every evaluation that finished. A crash *inside* a write leaves a torn last line: readers ignore
+it, and :meth:`EvaluationLog.repair` (run before a resumed search appends anything) cuts it off
+atomically, keeping a copy of the torn file, so no new line is ever glued onto it. Resuming
+replays the log into a fresh optimiser (same seed, same ask/tell order) instead of trusting a
+pickled searcher.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from trainers.errors import DataError
 
 LOG_NAME = "evaluations.jsonl"
 
@@ -25,9 +31,10 @@ class Evaluation:
     vector: list[float]
     source: str
     fitness: float | None = None  # None while pending
-    status: str = "pending"  # ok | diverged | error | pending
+    status: str = "pending"  # ok | diverged | rejected | error | pending
     wall_seconds: float | None = None
     trial: str | None = None
+    details: dict | None = None  # what the task reported beyond the fitness (PU: rung, margins)
 
 
 class EvaluationLog:
@@ -42,19 +49,38 @@ class EvaluationLog:
             f.flush()
             os.fsync(f.fileno())
 
+    def _complete_lines(self) -> tuple[list[str], bytes]:
+        """(the complete lines, the torn tail after the last newline: empty if none)."""
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        cut = raw.rfind(b"\n") + 1
+        return raw[:cut].decode("utf-8", errors="replace").splitlines(), raw[cut:]
+
     def events(self) -> list[dict]:
-        if not self.path.exists():
-            return []
+        lines, _ = self._complete_lines()  # a torn tail is an event that never completed
         events = []
-        lines = self.path.read_text().splitlines()
         for i, line in enumerate(lines):
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    break  # a write cut short by a crash: that event never completed
-                raise ValueError(f"{self.path}: line {i + 1} is corrupt") from None
+                raise DataError(self.path, f"line {i + 1} is corrupt (not the last line, so not a torn write): "
+                                           "the log was edited or damaged; restore it from a copy") from None
         return events
+
+    def repair(self) -> int:
+        """Cut a torn last line off (atomically), keeping the torn file as ``<log>.torn-N``.
+        Returns the bytes removed (0 when the log ends cleanly)."""
+        lines, tail = self._complete_lines()
+        if not tail:
+            return 0
+        n = 1 + sum(1 for _ in self.path.parent.glob(self.path.name + ".torn-*"))
+        shutil.copy2(self.path, self.path.with_name(f"{self.path.name}.torn-{n}"))
+        tmp = self.path.with_name(f".{self.path.name}.repair")
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return len(tail)
 
     def evaluations(self) -> list[Evaluation]:
         """Every asked candidate in ask order, with its result once told (first tell wins)."""
@@ -65,7 +91,7 @@ class EvaluationLog:
             elif e["event"] == "tell" and e["id"] in by_id and by_id[e["id"]].status == "pending":
                 ev = by_id[e["id"]]
                 ev.fitness, ev.status = e["fitness"], e["status"]
-                ev.wall_seconds, ev.trial = e.get("wall_seconds"), e.get("trial")
+                ev.wall_seconds, ev.trial, ev.details = e.get("wall_seconds"), e.get("trial"), e.get("details")
         return list(by_id.values())
 
     def told(self) -> list[Evaluation]:

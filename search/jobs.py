@@ -13,14 +13,17 @@ import shlex
 import sys
 from pathlib import Path
 
+from trainers.errors import InputError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never ship results, checkouts or caches to the cluster.
 EXCLUDES = [".git", "**/__pycache__", "*.egg-info", "lossforge_results", ".pytest_cache", "**/.ipynb_checkpoints"]
 
 
-class ClusterError(Exception):
-    """The cluster could not be reached or refused us; the message says what to do."""
+class ClusterError(InputError):
+    """The cluster could not be reached or refused us (a wrong address, token or tunnel: the
+    user's to fix, exit 2); the message says what to do."""
 
 
 def client(address: str | None):
@@ -40,7 +43,7 @@ def explain(err: Exception, address: str) -> str:
                 "cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)")
     if "403" in text or "Invalid authentication token" in text or "Forbidden" in text:
         return f"{address} refused the Ray auth token: it is not this cluster's token (check ~/.ray/auth_token)"
-    if "Connection" in text or "connect" in text:
+    if "Connection" in text or "connect" in text or "Version check returned" in text or "404" in text:
         return f"cannot reach a Ray dashboard at {address} (is the cluster up, and the tunnel `ray dashboard cluster.yaml` open?)"
     return f"{address}: {text.splitlines()[0] if text else type(err).__name__}"
 
@@ -54,19 +57,22 @@ def _call(address: str | None, fn):
         raise ClusterError(explain(err, address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS)) from None
 
 
-def submit(address: str | None, search_argv: list[str], working_dir: bool = True, env_vars: dict | None = None) -> str:
-    """Submit ``lossforge search SEARCH_ARGV`` as a Ray job; returns the job id."""
-    from search.tuner import RAY_ENV
+def job_spec(search_argv: list[str], working_dir: bool = True, env_vars: dict | None = None) -> tuple[str, dict]:
+    """(entrypoint, runtime_env) of ``lossforge search SEARCH_ARGV`` as a Ray job."""
+    from search.driver import RAY_ENV
 
     runtime_env: dict = {"env_vars": {**RAY_ENV, "PYTHONUNBUFFERED": "1", **(env_vars or {})}}
     if working_dir:
         runtime_env.update(working_dir=str(PROJECT_ROOT), excludes=EXCLUDES)
-        entrypoint = "python -m search.cli search " + shlex.join(search_argv)
-    else:
-        # Without a working_dir the job runs the lossforge installed on the cluster (on one host
-        # with several nodes, shipping a working_dir can delete the driver's own copy).
-        entrypoint = f"{shlex.quote(sys.executable)} -m search.cli search " + shlex.join(search_argv)
-        runtime_env["env_vars"].setdefault("PYTHONPATH", str(PROJECT_ROOT))
+        return "python -m search.cli search " + shlex.join(search_argv), runtime_env
+    # The lossforge installed on the cluster: its own console script, found on the head node's
+    # PATH -- nothing of this client (its Python, its checkout) leaks into the job.
+    return "lossforge search " + shlex.join(search_argv), runtime_env
+
+
+def submit(address: str | None, search_argv: list[str], working_dir: bool = True, env_vars: dict | None = None) -> str:
+    """Submit ``lossforge search SEARCH_ARGV`` as a Ray job; returns the job id."""
+    entrypoint, runtime_env = job_spec(search_argv, working_dir, env_vars)
     return _call(address, lambda c: c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
                                                   metadata={"lossforge": "search"}))
 

@@ -1,91 +1,114 @@
 """Results of a search: leaderboard, the best loss as a file and a formula, and plots.
 
-Everything is derived from the evaluation log, so ``lossforge report`` can run while a search
-is still writing it.
+Everything is derived from the evaluation log (and, once the elites are re-evaluated, from
+``reevaluation.json``), so ``lossforge report`` can run while a search is still writing.
+The exported best loss is the re-evaluation's winner where there is one, else the search's top.
 """
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from search.evaluations import EvaluationLog, Evaluation
-from search.space import space_for
-from trainers.losses.pu import pan_probability_losses
-from trainers.losses.seeds import taylor_point
-from trainers.losses.taylor import VARIABLES, TaylorLoss
+from search.evaluations import Evaluation, EvaluationLog
+from search.options import SearchOptions
+from search.reevaluation import format_reevaluation, read_reevaluation
+from trainers.errors import UsageError
+from trainers.files import read_json, write_text_atomic
 
 SPEC_FILE = "search.json"
 
 
-def load_spec(folder: str | Path) -> dict:
+def load_options(folder: str | Path) -> SearchOptions:
     path = Path(folder) / SPEC_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{folder} is not a lossforge search (no {SPEC_FILE})")
-    return json.loads(path.read_text())
+    if not path.is_file():
+        raise UsageError(f"{folder} is not a lossforge search (no {SPEC_FILE})")
+    return SearchOptions.from_dict(read_json(path, "search spec"))
 
 
 def leaderboard(evaluations: list[Evaluation]) -> list[Evaluation]:
-    """Told candidates, best first (diverged and errored last, by id)."""
+    """Told candidates, best first (diverged, rejected and errored last, by id)."""
     told = [e for e in evaluations if e.status != "pending"]
     return sorted(told, key=lambda e: (e.status != "ok", -(e.fitness or 0.0) if e.status == "ok" else 0, e.id))
 
 
-def best_loss(folder: str | Path) -> TaylorLoss | None:
-    spec = load_spec(folder)
-    board = leaderboard(EvaluationLog(folder).evaluations())
-    if not board or board[0].status != "ok":
-        return None
-    top = board[0]
-    return space_for(spec.get("task", "pu"), spec["order"]).to_loss(top.vector, name=f"{spec['name']}-best-{top.id}")
+def best_candidate(folder: Path, board: list[Evaluation], reevaluation: dict | None) -> tuple[int, list[float], str] | None:
+    """(id, vector, how it was chosen) of the loss to export."""
+    if reevaluation and reevaluation.get("winner") is not None:
+        row = next(r for r in reevaluation["rows"] if r["id"] == reevaluation["winner"])
+        return row["id"], row["vector"], f"re-evaluation winner ({row['source']})"
+    if board and board[0].status == "ok":
+        return board[0].id, board[0].vector, "search's best"
+    return None
 
 
 def write_report(folder: str | Path, plots: bool = True) -> dict:
     """Write leaderboard.csv, best_loss.json/.txt and plots; return a summary."""
+    from search.tasks import get_task
+
     folder = Path(folder)
-    spec = load_spec(folder)
-    space = space_for(spec.get("task", "pu"), spec["order"])
+    opts = load_options(folder)
+    task = get_task(opts.task)
+    space = task.space(opts.order)
     evaluations = EvaluationLog(folder).evaluations()
     board = leaderboard(evaluations)
-    with open(folder / "leaderboard.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["rank", "id", "fitness", "status", "source", "pack", "wall_seconds"] + space.names())
-        for rank, e in enumerate(board, 1):
-            writer.writerow([rank, e.id, e.fitness, e.status, e.source, e.pack, e.wall_seconds] + list(e.vector))
-    best = best_loss(folder)
-    if best is not None:
+    reevaluation = read_reevaluation(folder)
+    _write_leaderboard(folder / "leaderboard.csv", board, space.names(), reevaluation)
+    chosen = best_candidate(folder, board, reevaluation)
+    best = None
+    if chosen is not None:
+        cid, vector, how = chosen
+        best = space.to_loss(vector, name=f"{opts.name}-best-{cid}")
         best.save(folder / "best_loss.json")
-        (folder / "best_loss.txt").write_text(best.formula() + "\n")
+        write_text_atomic(folder / "best_loss.txt", best.formula() + "\n")
     if plots and board:
-        _plot_progress(evaluations, spec, folder / "best_fitness.png")
+        _plot_progress(evaluations, opts, folder / "best_fitness.png")
         if best is not None:
-            (_plot_slices if isinstance(best, TaylorLoss) else _plot_preference_loss)(best, folder / "loss_slices.png")
+            task.plot_best(best, folder / "loss_slices.png")
+    fitness = {e.id: e.fitness for e in board}
     return {
-        "name": spec["name"],
-        "budget": spec["budget"],
+        "name": opts.name,
+        "budget": opts.budget,
         "told": len(board),
         "pending": sum(e.status == "pending" for e in evaluations),
-        "best": None if best is None else {"id": board[0].id, "fitness": board[0].fitness, "formula": best.formula()},
+        "best": None if chosen is None else {"id": chosen[0], "fitness": fitness.get(chosen[0]), "chosen": chosen[2],
+                                             "formula": best.formula()},
         "leaderboard": board,
+        "reevaluation": reevaluation,
     }
+
+
+def _write_leaderboard(path: Path, board: list[Evaluation], names: list[str], reevaluation: dict | None) -> None:
+    reevaluated = {r["id"]: r for r in (reevaluation or {}).get("rows", [])}
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "id", "fitness", "reevaluated_fitness", "lcb", "status", "source", "pack", "rung",
+                         "margins", "wall_seconds"] + names)
+        for rank, e in enumerate(board, 1):
+            r, d = reevaluated.get(e.id, {}), e.details or {}
+            margins = ";".join(f"{m:.5f}" for m in d.get("margin", []) if m is not None)
+            writer.writerow([rank, e.id, e.fitness, r.get("reevaluated_fitness"), r.get("lcb"), e.status, e.source, e.pack,
+                             d.get("rung"), margins, e.wall_seconds] + list(e.vector))
 
 
 def format_leaderboard(summary: dict, top: int = 10) -> str:
     lines = [f"search {summary['name']}: {summary['told']}/{summary['budget']} evaluated"
              + (f", {summary['pending']} pending" if summary["pending"] else "")]
-    lines.append(f"{'rank':>4} {'id':>5} {'fitness':>9} {'status':>9}  source")
+    lines.append(f"{'rank':>4} {'id':>5} {'fitness':>9} {'status':>9} {'rung':>4}  source")
     for rank, e in enumerate(summary["leaderboard"][:top], 1):
-        lines.append(f"{rank:>4} {e.id:>5} {e.fitness:>9.4f} {e.status:>9}  {e.source}")
+        rung = (e.details or {}).get("rung", "")
+        lines.append(f"{rank:>4} {e.id:>5} {e.fitness:>9.4f} {e.status:>9} {rung!s:>4}  {e.source}")
+    if summary.get("reevaluation"):
+        lines.append(format_reevaluation(summary["reevaluation"]))
     if summary["best"]:
-        lines.append(f"best loss (candidate {summary['best']['id']}, fitness {summary['best']['fitness']:.4f}):")
+        lines.append(f"best loss (candidate {summary['best']['id']}, {summary['best']['chosen']}):")
         lines.append(summary["best"]["formula"])
     return "\n".join(lines)
 
 
-def _plot_progress(evaluations: list[Evaluation], spec: dict, path: Path) -> None:
+def _plot_progress(evaluations: list[Evaluation], opts: SearchOptions, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,15 +121,15 @@ def _plot_progress(evaluations: list[Evaluation], spec: dict, path: Path) -> Non
     ax.plot(np.arange(1, len(told) + 1), fitness, ".", alpha=0.5, label="candidate")
     ax.plot(np.arange(1, len(told) + 1), np.where(np.isinf(best), np.nan, best), "-", label="best so far")
     ax.set_xlabel("evaluation")
-    ax.set_ylabel(f"validation fitness ({spec['fitness']})")
-    ax.set_title(f"search {spec['name']} ({spec['optimizer']})")
+    ax.set_ylabel(f"fitness ({getattr(opts.task_options, 'fitness', '')})")
+    ax.set_title(f"search {opts.name} ({opts.optimizer})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _plot_slices(best: TaylorLoss, path: Path) -> None:
+def plot_taylor_slices(best, path: Path) -> None:
     """One panel per variable: each player's loss along its own variables, the others at 0.5.
 
     PAN is drawn exactly (shifted to 0 at the slice's centre) and as its Taylor point of the
@@ -116,6 +139,10 @@ def _plot_slices(best: TaylorLoss, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from trainers.losses.pu import pan_probability_losses
+    from trainers.losses.seeds import taylor_point
+    from trainers.losses.taylor import VARIABLES
 
     pan_taylor = taylor_point("pan", best.order)
     grid = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
@@ -138,7 +165,7 @@ def _plot_slices(best: TaylorLoss, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_preference_loss(best, path: Path) -> None:
+def plot_preference_loss(best, path: Path) -> None:
     """The searched pairwise loss f(s) against DPO's -log s and its Taylor point, shifted to 0 at s = 1/2."""
     import matplotlib
 

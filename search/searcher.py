@@ -2,10 +2,13 @@
 
 Ray's ``NevergradSearch`` asks one point per trial, drops errored trials without telling the
 optimiser, and can KeyError on restore (ray #18863). This searcher asks K points per trial, tells
-every one of them back (diverged or errored candidates as a penalty), and writes each ask and
-tell to the evaluation log first. On resume it replays that log into a fresh optimiser with the
-same seed, then re-dispatches packs that were asked but never told — with the same candidate ids
-and pack numbers, so their Train runs pick up from their last checkpoint.
+every one of them back (diverged, rejected or errored candidates as a penalty), and writes each
+ask and tell to the evaluation log first. On resume it replays that log into a fresh optimiser
+with the same seed, then re-dispatches packs that were asked but never told -- with the same
+candidate ids and pack numbers, so their Train runs pick up from their last checkpoint.
+
+Tune's trial config is ``{"pack": int, "candidates": [{"id", "vector"}]}``; what comes back is a
+:class:`trainers.boundary.PackReport`.
 """
 from __future__ import annotations
 
@@ -15,14 +18,14 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from search.evaluations import EvaluationLog
-from search.space import TaylorSpace, make_optimizer
-from trainers.pu import DIVERGED_FITNESS
+from search.space import LossSpace, make_optimizer
+from trainers.boundary import DIVERGED_FITNESS, PackReport
 
 
 class PackSearcher(Searcher):
     def __init__(
         self,
-        space: TaylorSpace,
+        space: LossSpace,
         optimizer: str,
         budget: int,
         pack: int,
@@ -75,6 +78,10 @@ class PackSearcher(Searcher):
     def told(self) -> int:
         return len(self._told)
 
+    @property
+    def pending_packs(self) -> list[int]:
+        return list(self._pending_packs)
+
     def packs_to_run(self) -> int:
         """Trials this run will start: pending packs, then new packs up to the budget."""
         remaining = self.budget - self.asked
@@ -86,19 +93,7 @@ class PackSearcher(Searcher):
             pack = self._pending_packs.pop(0)
         elif self.asked < self.budget:
             pack = max(self._pack_members, default=-1) + 1
-            ids = []
-            for _ in range(min(self.pack, self.budget - self.asked)):
-                source = "optimizer"
-                if self._seeds:
-                    name, vector = self._seeds.pop(0)
-                    self.optimizer.suggest(vector)
-                    source = f"seed:{name}"
-                candidate = self.optimizer.ask()
-                cid = self.asked
-                self._candidates[cid] = candidate
-                ids.append(cid)
-                self.log.append(event="ask", id=cid, pack=pack, vector=np.asarray(candidate.value).tolist(), source=source)
-            self._pack_members[pack] = ids
+            self._pack_members[pack] = [self._ask(pack) for _ in range(min(self.pack, self.budget - self.asked))]
         else:
             return Searcher.FINISHED
         self._running[trial_id] = pack
@@ -106,27 +101,36 @@ class PackSearcher(Searcher):
         self.progress(f"pack {pack}: {len(members)} candidate(s) dispatched ({self.told}/{self.budget} evaluated)")
         return {
             "pack": pack,
-            "candidates": [
-                {"id": i, "vector": np.asarray(self._candidates[i].value).tolist()} for i in members
-            ],
+            "candidates": [{"id": i, "vector": np.asarray(self._candidates[i].value).tolist()} for i in members],
         }
+
+    def _ask(self, pack: int) -> int:
+        source = "optimizer"
+        if self._seeds:
+            name, vector = self._seeds.pop(0)
+            self.optimizer.suggest(vector)
+            source = f"seed:{name}"
+        candidate = self.optimizer.ask()
+        cid = self.asked
+        self._candidates[cid] = candidate
+        self.log.append(event="ask", id=cid, pack=pack, vector=np.asarray(candidate.value).tolist(), source=source)
+        return cid
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pack = self._running.pop(trial_id, None)
         if pack is None:
             return  # a trial this searcher never suggested (e.g. replayed by Tune itself)
-        members = [i for i in self._pack_members[pack] if i not in self._told]
-        finished = result is not None and not error and result.get("pack_finished") and "candidate_fitness" in result
-        if finished:
-            by_id = dict(zip(result["candidate_ids"], zip(result["candidate_fitness"], result["candidate_status"])))
-        wall = None if result is None else result.get("worker_seconds")
-        train_seconds = None if result is None else result.get("train_seconds")
-        for cid in members:
-            fitness, status = by_id.get(cid, (DIVERGED_FITNESS, "error")) if finished else (DIVERGED_FITNESS, "error")
+        report = None if error else PackReport.from_dict(result)
+        finished = report is not None and report.finished
+        by_id = {r.id: r for r in report.results} if finished else {}
+        for cid in [i for i in self._pack_members[pack] if i not in self._told]:
+            r = by_id.get(cid)
+            fitness, status, details = (r.fitness, r.status, r.details) if r else (DIVERGED_FITNESS, "error", {})
             if not np.isfinite(fitness):
                 fitness, status = DIVERGED_FITNESS, "diverged"
-            self.log.append(event="tell", id=cid, pack=pack, fitness=fitness, status=status, wall_seconds=wall,
-                            train_seconds=train_seconds, trial=trial_id)
+            self.log.append(event="tell", id=cid, pack=pack, fitness=fitness, status=status, details=details,
+                            wall_seconds=report.worker_seconds if report else None,
+                            train_seconds=report.train_seconds if report else None, trial=trial_id)
             self.optimizer.tell(self._candidates[cid], -float(fitness))
             self._told.add(cid)
         best = max((e.fitness for e in self.log.told() if e.status == "ok"), default=float("nan"))

@@ -5,22 +5,42 @@ vector: the Taylor coefficients (layout of ``trainers.losses.taylor.coefficient_
 followed by the 4-value expansion centre.
 ``dpo``: the preference Taylor family in s = sigmoid(Delta): coefficients w_1..w_order, then
 the centre.
-Both spaces answer the same questions (dimension, names, parametrization, candidate, to_loss,
-to_vector), so the searcher, the trial and the report do not care which one they hold. How to
-search (the optimiser) is chosen elsewhere, by name.
+Both spaces implement :class:`LossSpace`, so the searcher, the trial and the report do not care
+which one they hold. How to search (the optimiser) is chosen elsewhere, by name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import nevergrad as ng
 import numpy as np
 
 from trainers.losses.preference_taylor import PreferenceTaylorLoss, check_order, preference_taylor_point
 from trainers.losses.seeds import taylor_point
+from trainers.errors import UsageError
 from trainers.losses.taylor import VARIABLES, TaylorLoss, coefficient_names, num_coefficients
 
-TASKS = ("pu", "dpo")
+
+class LossSpace(Protocol):
+    """What to search: a loss family as a box of real vectors."""
+
+    order: int
+
+    @property
+    def dimension(self) -> int: ...
+
+    def names(self) -> list[str]: ...  # one per vector entry, for the leaderboard
+
+    def parametrization(self, seed: int) -> ng.p.Array: ...
+
+    def seed_point(self, name: str, prior: float = 0.5) -> np.ndarray: ...  # a hand-made loss as a vector
+
+    def candidate(self, vector) -> dict: ...  # what a pack trains: {"order", "coefficients", "center"}
+
+    def to_loss(self, vector, name: str): ...  # a loss object with save() and formula()
+
+    def to_vector(self, loss) -> np.ndarray: ...
 
 
 def _box(num_coefficients: int, num_center: int, bound: float, low: float, high: float, seed: int) -> ng.p.Array:
@@ -79,7 +99,7 @@ class TaylorSpace:
     def to_vector(self, loss: TaylorLoss) -> np.ndarray:
         """A loss as a point of this space, clipped into its bounds."""
         if loss.order != self.order:
-            raise ValueError(f"loss {loss.name!r} has order {loss.order}, the search uses order {self.order}")
+            raise UsageError(f"loss {loss.name!r} has order {loss.order}, the search uses order {self.order}")
         coefficients = np.clip(loss.coefficients, -self.bound, self.bound)
         center = np.clip(loss.center, self.center_low, self.center_high)
         return np.r_[coefficients, center]
@@ -122,16 +142,8 @@ class PreferenceTaylorSpace:
 
     def to_vector(self, loss: PreferenceTaylorLoss) -> np.ndarray:
         if loss.order != self.order:
-            raise ValueError(f"loss {loss.name!r} has order {loss.order}, the search uses order {self.order}")
+            raise UsageError(f"loss {loss.name!r} has order {loss.order}, the search uses order {self.order}")
         return np.r_[np.clip(loss.coefficients, -self.bound, self.bound), np.clip(loss.center, self.center_low, self.center_high)]
-
-
-def space_for(task: str, order: int) -> TaylorSpace | PreferenceTaylorSpace:
-    if task == "pu":
-        return TaylorSpace(order=order)
-    if task == "dpo":
-        return PreferenceTaylorSpace(order=order)
-    raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
 
 
 def check_optimizer(name: str) -> None:
@@ -140,10 +152,10 @@ def check_optimizer(name: str) -> None:
         import difflib
 
         close = difflib.get_close_matches(name, list(ng.optimizers.registry), n=5)
-        raise ValueError(f"unknown optimizer {name!r}" + (f"; did you mean {close}?" if close else ""))
+        raise UsageError(f"unknown optimizer {name!r}" + (f"; did you mean {close}?" if close else ""))
 
 
-def make_optimizer(name: str, space: TaylorSpace, budget: int, num_workers: int, seed: int):
+def make_optimizer(name: str, space: LossSpace, budget: int, num_workers: int, seed: int):
     """An optimiser from Nevergrad's registry by name."""
     check_optimizer(name)
     return ng.optimizers.registry[name](parametrization=space.parametrization(seed), budget=budget, num_workers=num_workers)

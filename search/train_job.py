@@ -16,9 +16,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from ray.train import UserCallback
 
+from search.driver import Scaling
 from trainers.data.pairs import PreferencePairs, read_pairs
 from trainers.dpo import DPOConfig, default_pairs, save_scorer
+from trainers.errors import UsageError
+from trainers.files import write_json
+from trainers.loop import STATE_FILE
 from trainers.metrics import preference_metrics
 
 RUN_NAME = "train-dpo"
@@ -43,105 +49,85 @@ def score(scorer_folder: str | Path, pairs: PreferencePairs) -> dict:
     return {**preference_metrics(prob, pairs.p, pairs.length_controlled()), "pairs_per_second": pairs_per_second}
 
 
-def run_train_dpo(
-    cfg: DPOConfig,
-    train: str | None,
-    test: str | None,
-    out: str,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-    resume: bool = False,
-    address: str | None = None,
-    max_failures: int = 2,
-    log=print,
-) -> dict:
-    import torch
-    from ray import train as ray_train
-    from ray.train.torch import TorchTrainer
-
+def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str, scaling: Scaling = Scaling(),
+                  resume: bool = False, address: str | None = None, log=print) -> dict:
+    """Train (or resume) a preference classifier as a Ray Train job, save its scorer, score the test pairs."""
     from search.background import every
-    from search.tuner import start_ray
-    from trainers.loop import RUN_FILE, dpo_worker_loop
+    from search.driver import RunFolder, start_ray, start_run, train_job
+    from trainers.loop import dpo_worker_loop
 
     started = time.perf_counter()
-    folder = Path(out).expanduser().resolve()
-    if resume:
-        if not (folder / SPEC_FILE).is_file():
-            raise FileNotFoundError(f"no train-dpo run in {folder} to resume")
-        spec = json.loads((folder / SPEC_FILE).read_text())
-        cfg = DPOConfig(**spec["dpo"])
-        train, test, workers = spec["train"], spec["test"], spec["workers"]
-        gpus_per_worker, cpus_per_worker = spec["gpus_per_worker"], spec["cpus_per_worker"]
-    elif (folder / SPEC_FILE).exists():
-        raise FileExistsError(f"{folder} already holds a train-dpo run: add --resume to continue it, or pick another --out")
-    cfg.validate()
-    if workers < 1 or cpus_per_worker < 0 or gpus_per_worker < 0:
-        raise ValueError("--workers must be >= 1 and --cpus/--gpus-per-worker >= 0")
-    if gpus_per_worker > 0 and not torch.cuda.is_available() and address is None:
-        raise ValueError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
-    # Read everything before writing anything.
-    if train is None:
-        if test is not None:
-            raise ValueError("--test needs --train (the built-in default brings its own test split)")
-        train_pairs, test_pairs = default_pairs(cfg.seed)
-    else:
-        train_pairs = read_pairs(train)
-        test_pairs = read_pairs(test) if test else None
-    folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        spec = {"dpo": asdict(cfg), "train": None if train is None else str(Path(train).resolve()),
-                "test": None if test is None else str(Path(test).resolve()), "workers": workers,
-                "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker}
-        (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-
+    folder = RunFolder(Path(out).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
+    spec = None if resume else {"dpo": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
+                                "scaling": asdict(scaling)}
+    spec, (train_pairs, test_pairs) = start_run(folder, resume, spec, _dpo_inputs(address))
+    cfg, scaling = DPOConfig(**spec["dpo"]), Scaling(**spec["scaling"])
     start_ray(address)
     used = len(train_pairs) if cfg.max_pairs is None else min(cfg.max_pairs, len(train_pairs))
     log(f"train-dpo: {used} of {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
-        f"{workers} worker(s) -> {folder}")
-    dpo = {k: v for k, v in asdict(cfg).items() if k != "device"}
-    trainer = TorchTrainer(
-        dpo_worker_loop,
-        train_loop_config={"train": spec["train"], "dpo": dpo, "progress": str(folder / PROGRESS_FILE)},
-        scaling_config=ray_train.ScalingConfig(
-            num_workers=workers, use_gpu=gpus_per_worker > 0,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})},
-        ),
-        run_config=ray_train.RunConfig(
-            name=RUN_NAME, storage_path=str(folder / "ray"),
-            failure_config=ray_train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray_train.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    with every(0.5, _progress_printer(folder / PROGRESS_FILE, cfg.epochs, log)):
+        f"{scaling.workers} worker(s) -> {folder.path}")
+    trainer = train_job(dpo_worker_loop, {"dpo": cfg, "train": spec["train"]}, scaling, RUN_NAME,
+                        str(folder.path / "ray"), keep=1, callbacks=[ProgressFile(folder.path / PROGRESS_FILE)])
+    with every(0.5, _progress_printer(folder.path / PROGRESS_FILE, cfg.epochs, log)):
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as checkpoint:
-        state = torch.load(Path(checkpoint) / RUN_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
     if state["best_state"] is None:
         raise RuntimeError("training diverged in every epoch: no scorer to save (try a lower --lr)")
-    save_scorer(folder / "scorer", cfg, state["best_state"], cfg.loss)
-    progress = [json.loads(line) for line in (folder / PROGRESS_FILE).read_text().splitlines()] \
-        if (folder / PROGRESS_FILE).exists() else []
-    metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": workers,
-               "replicas_in_sync": all(m.get("replicas_in_sync", True) for m in progress),
+    save_scorer(folder.path / "scorer", cfg, state["best_state"], cfg.loss)
+    metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": scaling.workers,
+               "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),
                "history": state["history"], "best_val_agreement": state["best_agreement"],
                "train_seconds": sum(h.get("train_seconds", 0.0) for h in state["history"])}
     if test_pairs is not None:
-        metrics["test"] = score(folder / "scorer", test_pairs)
-        metrics["test_length_heuristic"] = length_heuristic(test_pairs)
-        t = metrics["test"]
-        log(f"test: agreement {t['agreement']:.4f} (length-controlled {t['agreement_lc']:.4f} on {t['pairs_lc']} pairs)"
-            f", the longer answer wins {metrics['test_length_heuristic']['agreement']:.4f}; "
-            f"scoring {t['pairs_per_second']:.0f} pairs/s")
+        metrics.update(test_metrics(folder.path / "scorer", test_pairs, log))
     metrics["seconds"] = time.perf_counter() - started
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    log(f"scorer saved to {folder / 'scorer'}; metrics in {folder / 'metrics.json'}")
+    write_json(folder.path / "metrics.json", metrics)
+    log(f"scorer saved to {folder.path / 'scorer'}; metrics in {folder.path / 'metrics.json'}")
     return metrics
 
 
-def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 64, device: str = "cpu") -> dict:
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _dpo_inputs(address: str | None):
+    """Validate the options and read the pairs (and check the model folder) before anything is written."""
+
+    def read(spec: dict):
+        from trainers.models.preference import check_model_folder
+
+        cfg, scaling = DPOConfig(**spec["dpo"]), Scaling(**spec["scaling"])
+        cfg.validate()
+        if scaling.workers < 1 or scaling.cpus_per_worker < 0 or scaling.gpus_per_worker < 0:
+            raise UsageError("--workers must be >= 1 and --cpus/--gpus-per-worker >= 0")
+        if scaling.gpus_per_worker > 0 and address is None:
+            if not torch.cuda.is_available():
+                raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
+        if cfg.model is not None:
+            check_model_folder(cfg.model, cfg.mode)
+        if spec["train"] is None:
+            if spec["test"] is not None:
+                raise UsageError("--test needs --train (the built-in default brings its own test split)")
+            return default_pairs(cfg.seed)
+        return read_pairs(spec["train"]), read_pairs(spec["test"]) if spec["test"] else None
+
+    return read
+
+
+def test_metrics(scorer: Path, test_pairs: PreferencePairs, log) -> dict:
+    out = {"test": score(scorer, test_pairs), "test_length_heuristic": length_heuristic(test_pairs)}
+    t = out["test"]
+    log(f"test: agreement {t['agreement']:.4f} (length-controlled {t['agreement_lc']:.4f} on {t['pairs_lc']} pairs)"
+        f", the longer answer wins {out['test_length_heuristic']['agreement']:.4f}; "
+        f"scoring {t['pairs_per_second']:.0f} pairs/s")
+    return out
+
+
+def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 64, device: str = "cpu",
+                     overwrite: bool = False) -> dict:
     """Write ``data``'s rows plus ``p_a_model`` = P(a better) to ``out`` (Parquet or JSONL);
     with labels in ``data``, also the agreement. Nothing is written when anything fails."""
     import os
@@ -149,20 +135,19 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from search.driver import check_output_file
     from trainers.data.pairs import pairs_from_table
     from trainers.data.shards import read_records
     from trainers.scorer import PreferenceScorer
 
-    target = Path(out)
-    if target.suffix.lower() not in (".parquet", ".jsonl"):
-        raise ValueError(f"--out must end in .parquet or .jsonl, got {out}")
+    target = check_output_file(out, [data, scorer_folder], overwrite, (".parquet", ".jsonl"))
     table = read_records(data, text_columns=("prompt", "instruction", "chosen", "rejected", "output_a", "output_b"))
     pairs = pairs_from_table(table, str(data), need_labels=False)
     scorer = PreferenceScorer.load(scorer_folder, device=device, batch_size=batch_size)
     prob, pairs_per_second = scorer.score_pairs(pairs)
     result = table.append_column("p_a_model", pa.array(prob, type=pa.float64()))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     if target.suffix.lower() == ".parquet":
         pq.write_table(result, tmp)
     else:
@@ -176,18 +161,37 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     return summary
 
 
+class ProgressFile(UserCallback):
+    """Appends rank 0's report of each epoch to ``progress.jsonl`` for the live printer. Train
+    runs its callbacks in its controller, which it pins to the driver's node, so this works
+    whether or not the workers share the driver's disk."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics[0], default=float) + "\n")
+
+
 def _progress_printer(path: Path, epochs: int, log):
-    """A function that prints the epoch lines the rank-0 worker appended to ``progress.jsonl``
-    since its last call (lines from before a resume were printed by that earlier run)."""
-    seen = [sum(1 for _ in open(path)) if path.exists() else 0]
+    """A function that prints the epoch lines appended to ``progress.jsonl`` since its last call
+    (lines from before a resume were printed by that earlier run). A half-written last line is
+    left for the next call."""
+    seen = [len(_complete_lines(path))]
 
     def print_new() -> None:
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = _complete_lines(path)
         for line in lines[seen[0]:]:
             m = json.loads(line)
             log(f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
-                f"{m['val_agreement']:.4f} (length-controlled {m['val_agreement_lc']:.4f})"
+                f"{m['agreement']:.4f} (length-controlled {m['agreement_lc']:.4f})"
                 + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
         seen[0] = max(seen[0], len(lines))
 
     return print_new
+
+
+def _complete_lines(path: Path) -> list[str]:
+    raw = path.read_text() if path.exists() else ""
+    return raw[: raw.rfind("\n") + 1].splitlines()

@@ -16,6 +16,7 @@ import pytest
 from raycluster import REPO, find_processes, kill_cluster, process_parent, raylet_pids, wait_for
 
 from search.evaluations import EvaluationLog
+from trainers.boundary import PackReport
 
 pytestmark = pytest.mark.slow
 NODE = ["--num-cpus=1", "--memory=2000000000", "--object-store-memory=150000000", "--disable-usage-stats"]
@@ -124,7 +125,8 @@ def test_losing_a_node_restarts_the_pack_from_its_checkpoint(cluster, tmp_path):
     told = log.told()
     assert sorted(e.id for e in told) == list(range(6)) and all(e.status == "ok" for e in told)
     progress = [json.loads(line) for p in (tmp_path / "node").glob("tune-*/*/result.json") for line in open(p)]
-    resumed = [r for r in progress if r.get("config", {}).get("pack") == victim_pack and r.get("resumed_from_epoch", 0) > 0]
+    reports = [(r.get("config", {}).get("pack"), PackReport.from_dict(r)) for r in progress]
+    resumed = [rep for pack, rep in reports if pack == victim_pack and rep is not None and rep.resumed_from > 0]
     assert resumed, f"pack {victim_pack} resumed from its checkpoint"
 
 
@@ -138,8 +140,9 @@ def test_submitted_search_survives_its_driver(cluster, tmp_path):
     log = EvaluationLog(tmp_path / "job")
     wait_for(lambda: len(log.told()) >= 2, 240, "the first pack of the submitted search")
     # The job's driver: the python process itself, not the shell the job supervisor wraps it in.
-    (driver,) = [p for p in find_processes("search.cli search")
-                 if open(f"/proc/{p}/cmdline").read().split("\0")[0] == sys.executable
+    # --no-working-dir runs the cluster's own console script: `lossforge search ...`.
+    (driver,) = [p for p in find_processes("lossforge")
+                 if "lossforge\0search\0" in open(f"/proc/{p}/cmdline").read()
                  and "--name\0job" in open(f"/proc/{p}/cmdline").read()]
     os.kill(driver, signal.SIGKILL)
     wait_for(lambda: "FAILED" in cluster.run("jobs", "--address", cluster.dashboard).stdout, 60, "the job to fail")
@@ -157,11 +160,11 @@ def test_clients_without_the_token_are_refused(cluster, tmp_path):
     no_token = {**cluster.env, "RAY_AUTH_MODE": "disabled"}
     no_token.pop("RAY_AUTH_TOKEN_PATH")
     out = cluster.run("jobs", "--address", cluster.dashboard, env=no_token)
-    assert out.returncode == 1 and "requires a Ray auth token" in out.stderr, out.stderr
+    assert out.returncode == 2 and "requires a Ray auth token" in out.stderr, out.stderr  # the user's to fix
     wrong = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
     wrong.pop("RAY_AUTH_TOKEN_PATH")
     out = cluster.run("jobs", "--address", cluster.dashboard, env=wrong)
-    assert out.returncode == 1 and "refused the Ray auth token" in out.stderr, out.stderr
+    assert out.returncode == 2 and "refused the Ray auth token" in out.stderr, out.stderr
     # the core protocol too: a driver with the wrong token cannot join
     probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{cluster.address}')"],
                            env=wrong, capture_output=True, text=True, timeout=120)

@@ -101,14 +101,16 @@ def test_same_seed_same_labelling_and_split(pu_parquet):
     table = read_table(pu_parquet)
     a, b, c = (make_pu_split(table, 0.3, seed=s) for s in (5, 5, 6))
     np.testing.assert_array_equal(a.x_val, b.x_val)
-    np.testing.assert_array_equal(a.train_labelled, b.train_labelled)
-    assert not np.array_equal(a.train_labelled, c.train_labelled) or not np.array_equal(a.x_val, c.x_val)
+    np.testing.assert_array_equal(a.data.labelled, b.data.labelled)
+    assert not np.array_equal(a.data.labelled, c.data.labelled) or not np.array_equal(a.x_val, c.x_val)
     # SCAR: only positives are labelled, about the asked fraction of them
-    labelled_truth = np.concatenate([a.train_truth[a.train_labelled], a.val_truth[a.val_labelled]])
+    labelled_truth = table.label[a.data.labelled]
     assert labelled_truth.all()
     assert labelled_truth.size == round(0.3 * table.label.sum())
     # the validation split keeps the labelled share of the data
-    assert abs(a.val_labelled.mean() - a.train_labelled.mean()) < 0.05
+    train_rows = np.r_[a.fold.train_positive, a.fold.train_unlabelled]
+    assert abs(a.val_labelled.mean() - a.data.labelled[train_rows].mean()) < 0.05
+    assert set(a.fold.val).isdisjoint(train_rows) and len(a.fold.val) + len(train_rows) == len(table)
 
 
 def test_real_pu_mode_uses_the_given_labels(tmp_path):
@@ -116,8 +118,8 @@ def test_real_pu_mode_uses_the_given_labels(tmp_path):
     labelled[:6] = 1
     path = write_embeddings(tmp_path / "real.parquet", X, labelled=labelled)
     split = make_pu_split(read_table(path), 0.1, seed=0)
-    assert split.train_truth is None and split.true_prior is None
-    assert split.train_labelled.sum() + split.val_labelled.sum() == 6
+    assert split.data.truth is None and split.true_prior is None
+    assert len(split.fold.train_positive) + split.val_labelled.sum() == 6
 
 
 def test_shared_sms_reads(tmp_path):

@@ -9,7 +9,8 @@ import ray
 from raycluster import kill_session, lossforge, wait_for
 
 from search.evaluations import EvaluationLog
-from search.tuner import RAY_ENV, SearchOptions, run_search
+from search.options import PreferenceSearchOptions, SearchOptions
+from search.tuner import RAY_ENV, run_search
 from trainers.losses.preference_taylor import PreferenceTaylorLoss
 from trainers.scorer import PreferenceScorer
 
@@ -58,8 +59,8 @@ def local_ray():
 
 def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
     lines = []
-    opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, max_pairs=400,
-                         concurrency=1, seed_losses=["dpo", "sigmoid"])
+    opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
+                         seed_losses=["dpo", "sigmoid"], task_options=PreferenceSearchOptions(max_pairs=400))
     summary = run_search(opts, log=lines.append)
     folder = tmp_path / "d"
     told = EvaluationLog(folder).told()
@@ -75,14 +76,17 @@ def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
 
 
 def test_train_dpo_with_two_data_parallel_workers(tmp_path, local_ray):
+    from search.driver import Scaling
     from search.train_job import run_train_dpo
     from trainers.dpo import DPOConfig
 
     lines = []
-    metrics = run_train_dpo(DPOConfig(epochs=2, max_pairs=800), None, None, str(tmp_path / "ddp"), workers=2,
-                            cpus_per_worker=0.5, log=lines.append)
+    metrics = run_train_dpo(DPOConfig(epochs=2, max_pairs=800), None, None, str(tmp_path / "ddp"),
+                            Scaling(workers=2, cpus_per_worker=0.5), log=lines.append)
     assert metrics["workers"] == 2 and [h["epoch"] for h in metrics["history"]] == [1, 2]
-    # Each worker trained on half of every batch; averaged gradients kept their weights identical.
+    # Each worker trained on half of every batch; averaged gradients kept their weights identical,
+    # as the workers themselves checked each epoch (kept in the run's history, not a side file).
+    assert [h["replicas_in_sync"] for h in metrics["history"]] == [True, True] and metrics["replicas_in_sync"]
     progress = [json.loads(line) for line in (tmp_path / "ddp" / "progress.jsonl").read_text().splitlines()]
-    assert [m["replicas_in_sync"] for m in progress] == [True, True] and metrics["replicas_in_sync"]
+    assert [m["epoch"] for m in progress] == [1, 2]
     assert metrics["test"]["agreement"] > 0.55 and any("epoch 2/2" in line for line in lines)

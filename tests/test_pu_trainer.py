@@ -15,6 +15,7 @@ from trainers.pu import (
     Objective,
     PUConfig,
     TrainTensors,
+    ValidationSets,
     build_population,
     evaluate_members,
     train_epoch,
@@ -68,12 +69,12 @@ def test_a_packed_population_matches_members_trained_alone(small):
     packed = build_population(Objective.taylor([m[0] for m in members]), [m[1] for m in members], split.dim, cfg)
     for _ in range(cfg.epochs):
         train_epoch(packed, data, cfg)
-    packed_fitness = [m.fitness for m in evaluate_members(packed, split, "pu_auc", None)]
+    packed_fitness = [m.fitness for m in evaluate_members(packed, ValidationSets.from_split(split), "pu_auc", None)]
     for i, (loss, seed) in enumerate(members):
         alone = build_population(Objective.taylor([loss]), [seed], split.dim, cfg)
         for _ in range(cfg.epochs):
             train_epoch(alone, data, cfg)
-        (solo,) = evaluate_members(alone, split, "pu_auc", None)
+        (solo,) = evaluate_members(alone, ValidationSets.from_split(split), "pu_auc", None)
         assert solo.fitness == pytest.approx(packed_fitness[i], abs=1e-3)
         torch.testing.assert_close(alone.selector.weights[0][0], packed.selector.weights[0][i], atol=1e-4, rtol=1e-3)
 
@@ -87,12 +88,12 @@ def test_a_diverging_member_is_marked_and_does_not_disturb_the_others(small):
     objective.taylor_coefficients[1] = float("nan")  # what a wild candidate can produce
     pop = build_population(objective, [0, 0], split.dim, cfg)
     train_epoch(pop, TrainTensors.from_split(split, "taylor"), cfg)
-    ok, bad = evaluate_members(pop, split, "pu_auc", None)
+    ok, bad = evaluate_members(pop, ValidationSets.from_split(split), "pu_auc", None)
     assert bad.status == "diverged" and np.isnan(bad.fitness)
     assert ok.status == "ok" and np.isfinite(ok.fitness)
     alone = build_population(Objective.taylor([good]), [0], split.dim, cfg)
     train_epoch(alone, TrainTensors.from_split(split, "taylor"), cfg)
-    assert evaluate_members(alone, split, "pu_auc", None)[0].fitness == pytest.approx(ok.fitness, abs=1e-3)
+    assert evaluate_members(alone, ValidationSets.from_split(split), "pu_auc", None)[0].fitness == pytest.approx(ok.fitness, abs=1e-3)
 
 
 def test_cli_train_pu_writes_results_and_takes_a_loss_file(tmp_path, capsys):

@@ -44,3 +44,34 @@ def test_sigkill_then_resume_evaluates_exactly_the_budget(tmp_path):
     output = (tmp_path / "run2.log").read_text()
     assert f"{len(before)} already evaluated" in output
     assert (tmp_path / "k" / "best_loss.json").exists()
+
+
+@pytest.mark.parametrize("where", ["middle", "before the newline"])
+def test_a_torn_last_line_is_repaired_and_its_result_comes_back_on_resume(tmp_path, where):
+    """A crash inside the last write of the log (#12): resume cuts the torn line off (a copy is
+    kept), its finished pack reports the same result again from its checkpoint, the search ends at
+    exactly the budget and the log parses."""
+    args = ["--name", "t", "--storage", str(tmp_path), "--budget", "4", "--pack", "2", "--epochs", "2",
+            "--concurrency", "1", "--reevaluate", "0"]
+    first = lossforge("search", *args, cwd=tmp_path, log=tmp_path / "run1.log")
+    try:
+        assert first.wait(400) == 0, (tmp_path / "run1.log").read_text()[-3000:]
+    finally:
+        kill_session(first.pid)
+    log = EvaluationLog(tmp_path / "t")
+    before = {e.id: e.fitness for e in log.told()}
+    raw = log.path.read_bytes()
+    last = raw.rstrip(b"\n").rfind(b"\n") + 1
+    cut = last + (len(raw) - last) // 2 if where == "middle" else len(raw) - 1
+    log.path.write_bytes(raw[:cut])
+
+    resumed = lossforge("resume", "t", "--storage", str(tmp_path), cwd=tmp_path, log=tmp_path / "run2.log")
+    try:
+        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+    finally:
+        kill_session(resumed.pid)
+    assert (tmp_path / "t" / "evaluations.jsonl.torn-1").read_bytes() == raw[:cut]
+    tells = [e for e in log.events() if e["event"] == "tell"]
+    assert sorted(e["id"] for e in tells) == [0, 1, 2, 3], "exactly the budget, none twice"
+    assert {e.id: e.fitness for e in log.told()} == before, "the torn result came back, not an error"
+    assert "torn line" in (tmp_path / "run2.log").read_text()

@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+from trainers.errors import DataError
+
 from trainers.losses.pu import pan_probability_losses
 from trainers.losses.taylor import (
     TaylorLoss,
@@ -122,7 +124,7 @@ def test_json_round_trip_and_formula(tmp_path):
 def test_bad_loss_files_are_refused(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(DataError, match="bad.json: not a loss file: invalid JSON"):
         TaylorLoss.load(bad)
     bad.write_text('{"family": "taylor", "order": 2, "selector": {"d_p": 1.0}}')
     with pytest.raises(ValueError, match="not in the order-2 family"):

@@ -16,7 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from trainers.config import DPOConfig
 from trainers.data.pairs import PreferencePairs, split_by_prompt, synthetic_pairs, synthetic_vocabulary
+from trainers.errors import UsageError
 from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss
 from trainers.losses.preference_taylor import PreferenceTaylorLoss, preference_taylor_losses
 from trainers.metrics import preference_metrics
@@ -35,60 +37,19 @@ REFERENCE_FREE = ("bt",)
 
 
 @dataclass
-class DPOConfig:
-    mode: str = "encoder"  # encoder | causal
-    model: str | None = None  # a local Hugging Face folder; None: the built-in tiny model
-    loss: str = "dpo"  # dpo|soft|robust|ipo|hinge|bt, or a preference Taylor .json file
-    # None: 0.1 in causal mode (the DPO paper's), 1.0 in encoder mode, where the reference scores
-    # are all 0 and beta only sets the scale of the head's output (0.1 learnt ~3x slower there).
-    beta: float | None = None
-    epochs: int = 3
-    batch_size: int = 16
-    # None: 1e-3 for the built-in tiny model (random weights), 3e-5 for a pretrained --model.
-    lr: float | None = None
-    head_lr: float = 1e-3  # encoder mode: the scalar head's learning rate (see make_optimizer)
-    weight_decay: float = 0.01
-    max_length: int = 128  # tokens of prompt + response (+ special tokens)
-    max_prompt_length: int = 48  # the prompt keeps its last tokens
-    max_pairs: int | None = None  # train on a seeded sample of at most this many pairs (None: all)
-    val_frac: float = 0.1  # validation prompts, held out of training (epoch selection, search fitness)
-    seed: int = 0
-    robust_epsilon: float = 0.1
-    grad_clip: float = 1.0
-    eval_batch_size: int = 64
-    device: str = "cpu"
+class DPOPackPlan:
+    """How every pack of a DPO search trains its candidates (crosses the Ray boundary)."""
 
-    def validate(self) -> None:
-        if self.mode not in ("encoder", "causal"):
-            raise ValueError(f"--mode must be encoder or causal, got {self.mode!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("--epochs and --batch-size must be at least 1")
-        if self.beta is not None and not self.beta > 0:
-            raise ValueError(f"--beta must be positive, got {self.beta}")
-        if self.max_length < self.max_prompt_length + 4:
-            raise ValueError("--max-length must exceed --max-prompt-length by at least 4 tokens")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        resolve_preference_loss(self.loss)
-
-    @property
-    def effective_beta(self) -> float:
-        """beta, resolved."""
-        return self.beta if self.beta is not None else (1.0 if self.mode == "encoder" else 0.1)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.model is None else 3e-5)
+    train: str | None  # pairs; None: the built-in task
+    dpo: DPOConfig
 
 
 def resolve_preference_loss(spec: str) -> str | PreferenceTaylorLoss:
     if spec in PREFERENCE_LOSSES:
         return spec
     if spec.endswith(".json") or Path(spec).exists():
-        if not Path(spec).is_file():
-            raise ValueError(f"loss file {spec} does not exist")
         return PreferenceTaylorLoss.load(spec)
-    raise ValueError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES} or a preference Taylor .json file")
+    raise UsageError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES} or a preference Taylor .json file")
 
 
 def reward_scale(loss: str | PreferenceTaylorLoss, beta: float) -> float:
@@ -277,6 +238,33 @@ def prepare(cfg: DPOConfig, pairs: PreferencePairs, device) -> Prepared:
     return Prepared(model, tokenizer, label, train, val, (len(train_pairs), len(val_pairs)))
 
 
+EpochHook = Callable[["Run", dict], None]
+
+
+def run_epochs(run: "Run", prep: "Prepared", loss, cfg: DPOConfig, device, shard: tuple[int, int] = (0, 1),
+               sync: GradientSync | None = None, on_epoch: EpochHook | None = None) -> None:
+    """The one DPO epoch loop (``train_dpo``, ``train-dpo``'s Ray job and a search pack): train,
+    evaluate on the validation prompts, record (keeping the best epoch), until ``cfg.epochs`` or
+    the loss or the scores go non-finite. ``on_epoch(run, record)`` reports or logs."""
+    scale = reward_scale(loss, cfg.effective_beta)
+    while run.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        train_loss = train_epoch(run.model, run.optimizer, prep.train, loss, cfg, run.generator, device, shard, sync)
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(run.model, prep.val, scale, cfg, device)
+        record = {"train_loss": train_loss, "train_seconds": train_seconds, **val}
+        run.record(record)
+        record.update(epoch=run.epoch, run_finished=run.epoch >= cfg.epochs or not _healthy(train_loss, val))
+        if on_epoch is not None:
+            on_epoch(run, record)
+        if not _healthy(train_loss, val):
+            break
+
+
+def _healthy(train_loss: float, val: dict) -> bool:
+    return math.isfinite(train_loss) and val["status"] == "ok"
+
+
 def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: PreferencePairs | None = None,
               log: Callable[[str], None] = lambda m: None, loss=None) -> dict:
     """Train in this process and keep the epoch with the best validation agreement.
@@ -291,18 +279,12 @@ def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: Prefer
         test = default_test if test is None else test
     device = torch.device(cfg.device)
     loss = loss if loss is not None else resolve_preference_loss(cfg.loss)
-    scale = reward_scale(loss, cfg.effective_beta)
     prep = prepare(cfg, pairs, device)
     log(f"data: {pairs.source}: {prep.split_sizes[0]} train / {prep.split_sizes[1]} validation pairs "
         f"(split by prompt), {prep.train.truncated + prep.val.truncated} truncated to {cfg.max_length} tokens")
     run = Run.start(prep.model, cfg)
-    while run.epoch < cfg.epochs:
-        train_loss = train_epoch(run.model, run.optimizer, prep.train, loss, cfg, run.generator, device)
-        val = evaluate(run.model, prep.val, scale, cfg, device)
-        run.record({"train_loss": train_loss, **val})
-        log(f"epoch {run.epoch}/{cfg.epochs}  loss {train_loss:.4f}  val agreement {val['agreement']:.4f}")
-        if not math.isfinite(train_loss) or val["status"] != "ok":
-            break
+    run_epochs(run, prep, loss, cfg, device, on_epoch=lambda run, r: log(
+        f"epoch {run.epoch}/{cfg.epochs}  loss {r['train_loss']:.4f}  val agreement {r['agreement']:.4f}"))
     best_state = run.best_state
     if best_state is not None:
         prep.model.load_state_dict(best_state)
@@ -320,7 +302,7 @@ def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: Prefer
         # The built-in reference scores are cached from the *initial* model; rebuild it for test.
         reference, _, _ = build_model(cfg)
         cache_reference(reference.to(device), test_data, cfg, device)
-        result["test"] = evaluate(prep.model, test_data, scale, cfg, device)
+        result["test"] = evaluate(prep.model, test_data, reward_scale(loss, cfg.effective_beta), cfg, device)
     result["seconds"] = time.perf_counter() - started
     return result
 

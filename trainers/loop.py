@@ -1,48 +1,38 @@
-"""The Ray Train worker loop: data once per worker, a packed population, a checkpoint and one
-report per epoch. The only module of ``trainers`` that imports Ray.
+"""The Ray Train worker loops: the only module of ``trainers`` that imports Ray.
 
-A trial hands the loop a *pack*: K candidate losses, each trained with S seeds, so K x S
-selector/discriminator pairs train in one vectorised step (``trainers.pu``). Every epoch rank 0
-reports each candidate's validation fitness (mean over its seeds) with a checkpoint; a re-run
-of the same Train run name resumes from the newest checkpoint. With several workers the loop is
-data-parallel: each takes a shard of the unlabelled pool and gradients are averaged.
+Each loop wraps a recipe's own training loop (``trainers.pu_pack.run_pack``,
+``trainers.dpo.run_epochs``) with what a Ray Train job adds: the worker's rank and device,
+gradient averaging across data-parallel workers, and a checkpoint with each report, from which
+a restarted worker group (or a pack re-dispatched after a crash) resumes.
 
-Config keys (all plain JSON values, so Tune can log them):
-  data:        {"train": path | None, "labelled_frac", "seed", "val_frac"}
-  pu:          PUConfig fields (epochs, batch_size, lr, hidden, depth, dropout, fitness, ...)
-  candidates:  [{"id", "order", "coefficients", "center"}]
-  seeds:       member seeds per candidate
-  prior:       class prior for fitness that needs one, or None
+  pu_pack_worker_loop   a PU search pack (PackJob in, PackReport per rung out)
+  dpo_pack_worker_loop  a DPO search pack (PackJob in, PackReport per candidate out)
+  dpo_worker_loop       ``lossforge train-dpo``: one model, a report per epoch
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from functools import lru_cache
 
-import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
 
-from trainers.data.pu import PUSplit, make_pu_split
-from trainers.data.shards import read_table
-from trainers.data.synthetic import synthetic_pu_problem
-from trainers.pu import DIVERGED_FITNESS, PUConfig, TrainTensors, pack_fitness, pack_population, train_epoch
+from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackJob, PackReport
+from trainers.pu_pack import PackState, run_pack
 
-CHECKPOINT_FILE = "population.pt"
+STATE_FILE = "state.pt"
 
 
-@lru_cache(maxsize=4)
-def load_split(train: str | None, labelled_frac: float, seed: int, val_frac: float) -> PUSplit:
-    """Read (or generate) and split once per worker process; actor reuse keeps it warm.
+# -- shared by every loop ---------------------------------------------------------------------------
 
-    Only the training file is read here: the test split never reaches a search worker.
-    """
-    table = synthetic_pu_problem()[0] if train is None else read_table(train)
-    return make_pu_split(table, labelled_frac, seed, val_frac)
+
+def worker_context() -> tuple[int, int, torch.device]:
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    return context.get_world_rank(), context.get_world_size(), device
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:
@@ -74,69 +64,74 @@ def replicas_in_sync(params: list[torch.Tensor]) -> bool:
     return bool(torch.isclose(low, high, rtol=1e-9, atol=1e-9))
 
 
-def _gradient_sync(params: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
+def population_sync(params: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
     average_gradients(params)
     agreed = alive.to(torch.int32)
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)  # a member dead on one worker is dead everywhere
     return agreed.bool()
 
 
-def pu_worker_loop(config: dict) -> None:
-    started = time.perf_counter()
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    cfg = PUConfig(**{**config["pu"], "device": str(device)})
-    d = config["data"]
-    split = load_split(d["train"], d["labelled_frac"], d["seed"], d["val_frac"])
-    candidates = config["candidates"]
-    seeds = list(config["seeds"])
-    pop = pack_population(candidates, seeds, split.dim, cfg, stream=rank)
-    data = TrainTensors.from_split(split, "taylor", device, shard=(rank, world))
+def report(metrics: dict, rank: int, state: dict | None) -> None:
+    """One report; rank 0 attaches ``state`` as the checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0 and state is not None:
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
+
+def restore() -> dict | None:
+    """The newest checkpoint's state, or None when the run starts fresh."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restarted worker group, or a pack re-dispatched after a crash
-        with checkpoint.as_directory() as folder:
-            pop.load_state_dict(torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=False))
-    resumed_from_epoch = pop.epoch
-
-    sync = _gradient_sync if world > 1 else None
-    train_seconds = 0.0
-    while pop.epoch < cfg.epochs:
-        t0 = time.perf_counter()
-        train_epoch(pop, data, cfg, sync=sync)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds += time.perf_counter() - t0
-        per_candidate = pack_fitness(pop, split, cfg, config.get("prior"), len(seeds))
-        all_diverged = not bool(pop.alive.any())
-        finished = pop.epoch >= cfg.epochs or all_diverged  # all diverged: nothing left to learn, stop early
-        metrics = {
-            "epoch": pop.epoch,
-            "candidate_ids": [c["id"] for c in candidates],
-            "candidate_fitness": [f for f, _ in per_candidate],
-            "candidate_status": [s for _, s in per_candidate],
-            "best_fitness": max(f for f, _ in per_candidate),
-            # Not "done": Tune reads a result's `done` as "stop this trial now" and would kill the
-            # trial (and the Train run inside it, leaking its placement group) mid-shutdown.
-            "pack_finished": finished,
-            "resumed_from_epoch": resumed_from_epoch,
-            "train_seconds": train_seconds,
-            "worker_seconds": time.perf_counter() - started,
-        }
-        with tempfile.TemporaryDirectory() as folder:
-            report_checkpoint = None
-            if rank == 0:
-                torch.save(pop.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
-                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=report_checkpoint)
-        if finished:
-            break
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
 
 
-# -- DPO: the same worker infrastructure for preference classifiers --------------------------------
+# -- PU search packs ----------------------------------------------------------------------------------
 
-RUN_FILE = "run.pt"
+
+def _pack_state(saved: dict | None, ids: list[int]) -> PackState | None:
+    """The checkpointed state if it belongs to exactly these candidates, or -- for a finished
+    pack re-dispatched for the few candidates whose results never reached the log -- a finished
+    state holding just their results. Anything else starts fresh."""
+    if saved is None:
+        return None
+    state: PackState = saved["pack_state"]
+    known = set(state.results) | set(state.alive)
+    if known == set(ids):
+        return state
+    if state.finished and set(ids) <= known:
+        return PackState(state.rung, [], {i: state.results[i] for i in ids})
+    return None
+
+
+def pu_pack_worker_loop(config: dict) -> None:
+    job: PackJob = config["job"]
+    started = time.perf_counter()
+    rank, world, device = worker_context()
+    ids = [c["id"] for c in job.candidates]
+    state = _pack_state(restore(), ids)
+    resumed_from = 0 if state is None else state.rung
+    train_started = time.perf_counter()
+
+    def on_rung(state: PackState, rungs: int) -> None:
+        pack_report = PackReport(
+            results=[state.results[i] for i in ids if i in state.results], progress=state.rung, total=rungs,
+            finished=state.finished, alive=len(state.alive), resumed_from=resumed_from,
+            train_seconds=time.perf_counter() - train_started, worker_seconds=time.perf_counter() - started)
+        report(pack_report.to_dict(), rank, {"pack_state": state})
+
+    if state is not None and state.finished:
+        on_rung(state, len(job.plan.rungs))  # its results were lost on the way: say them again
+        return
+    run_pack(job.plan, job.pack, job.candidates, device, (rank, world), population_sync if world > 1 else None,
+             state, on_rung)
+
+
+# -- DPO ------------------------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=2)
@@ -148,132 +143,82 @@ def load_pairs(train: str | None, seed: int):
     return default_pairs(seed)[0] if train is None else read_pairs(train)
 
 
-def _dpo_setup(config: dict):
-    from trainers.dpo import DPOConfig, prepare
+def _dpo_prepare(cfg, train: str | None, device):
+    """Every rank builds the same seeded model and the same reference values; each trains on
+    its slice of every batch and gradients are averaged."""
+    from dataclasses import replace
 
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    cfg = DPOConfig(**{**config["dpo"], "device": str(device)})
-    # Every rank builds the same seeded model and the same reference values; each trains on
-    # its slice of every batch and gradients are averaged.
-    prep = prepare(cfg, load_pairs(config["train"], cfg.seed), device)
-    return cfg, prep, device, rank, world
+    from trainers.dpo import prepare
 
-
-def _report(metrics: dict, rank: int, state: dict | None) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0 and state is not None:
-            torch.save(state, os.path.join(folder, RUN_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _append_progress(path: str, metrics: dict) -> None:
-    """One JSON line per epoch for the driver to print live (best effort: on a multi-node cluster
-    the worker may not share the driver's disk, and the report carries the same numbers)."""
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(metrics, default=float) + "\n")
-    except OSError:
-        pass
-
-
-def _restore():
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, RUN_FILE), map_location="cpu", weights_only=False)
+    cfg = replace(cfg, device=str(device))
+    return cfg, prepare(cfg, load_pairs(train, cfg.seed), device)
 
 
 def dpo_worker_loop(config: dict) -> None:
     """``lossforge train-dpo``: one model, a checkpoint and a report per epoch, resumable.
-
-    Config: {"train": path | None, "dpo": DPOConfig fields (no device)}.
-    """
-    from trainers.dpo import Run, evaluate, resolve_preference_loss, reward_scale, train_epoch
+    Config: {"dpo": DPOConfig, "train": path | None}."""
+    from trainers.dpo import Run, resolve_preference_loss, run_epochs
 
     started = time.perf_counter()
-    cfg, prep, device, rank, world = _dpo_setup(config)
-    loss = resolve_preference_loss(cfg.loss)
+    rank, world, device = worker_context()
+    cfg, prep = _dpo_prepare(config["dpo"], config["train"], device)
     run = Run.start(prep.model, cfg)
-    state = _restore()
+    state = restore()
     if state is not None:
         run.load_state_dict(state)
-    resumed_from_epoch = run.epoch
-    sync = average_gradients if world > 1 else None
-    while run.epoch < cfg.epochs:
-        t0 = time.perf_counter()
-        train_loss = train_epoch(run.model, run.optimizer, prep.train, loss, cfg, run.generator, device, (rank, world), sync)
-        train_seconds = time.perf_counter() - t0
-        val = evaluate(run.model, prep.val, reward_scale(loss, cfg.effective_beta), cfg, device)
-        run.record({"train_loss": train_loss, "train_seconds": train_seconds, **val})
-        finished = run.epoch >= cfg.epochs or val["status"] != "ok"
-        metrics = {"epoch": run.epoch, "train_loss": train_loss, "val_agreement": val.get("agreement"),
-                   "val_agreement_lc": val.get("agreement_lc"), "best_val_agreement": run.best_agreement,
-                   "train_pairs": prep.split_sizes[0], "val_pairs": prep.split_sizes[1],
-                   "truncated_pairs": prep.train.truncated + prep.val.truncated,
-                   "resumed_from_epoch": resumed_from_epoch, "train_seconds": train_seconds,
-                   "replicas_in_sync": replicas_in_sync(list(run.model.parameters())),
-                   "worker_seconds": time.perf_counter() - started, "run_finished": finished}
-        if rank == 0 and config.get("progress"):
-            _append_progress(config["progress"], metrics)
-        _report(metrics, rank, run.state_dict())
-        if finished:
-            break
+    resumed_from = run.epoch
+
+    def on_epoch(run, record: dict) -> None:
+        # Checked by the workers themselves and kept in the run's history (the checkpoint), so
+        # the driver can tell on any cluster, shared disk or not.
+        record["replicas_in_sync"] = run.history[-1]["replicas_in_sync"] = replicas_in_sync(list(run.model.parameters()))
+        metrics = {**record, "best_val_agreement": run.best_agreement, "train_pairs": prep.split_sizes[0],
+                   "val_pairs": prep.split_sizes[1], "truncated_pairs": prep.train.truncated + prep.val.truncated,
+                   "resumed_from_epoch": resumed_from, "worker_seconds": time.perf_counter() - started,
+                   "epochs": cfg.epochs}
+        report(metrics, rank, run.state_dict())
+
+    run_epochs(run, prep, resolve_preference_loss(cfg.loss), cfg, device, (rank, world),
+               average_gradients if world > 1 else None, on_epoch)
 
 
 def dpo_pack_worker_loop(config: dict) -> None:
-    """A DPO search trial: K candidate losses of the preference Taylor family, trained one after
+    """A DPO search pack: K candidate losses of the preference Taylor family, trained one after
     another from the same initial weights on data tokenised (and reference values computed) once.
 
     Transformers do not stack into one vectorised step the way the PU MLPs do, so a DPO pack
     amortises the fixed costs (Train job start, data, tokenising, reference pass) rather than the
-    steps. One report (and checkpoint of the finished candidates) per candidate; a restarted
-    pack skips the candidates it already finished.
-    Config: {"train", "dpo", "candidates": [{"id", "coefficients", "center"}]}.
+    steps. One report (and checkpoint of the finished candidates) per candidate; a restarted pack
+    skips the candidates it already finished.
     """
-    from trainers.dpo import Run, evaluate, taylor_pair_loss, train_epoch
+    from trainers.dpo import Run, run_epochs, taylor_pair_loss
 
+    job: PackJob = config["job"]
     started = time.perf_counter()
-    cfg, prep, device, rank, world = _dpo_setup(config)
+    rank, world, device = worker_context()
+    cfg, prep = _dpo_prepare(job.plan.dpo, job.plan.train, device)
     initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
-    done = (_restore() or {}).get("done", {})  # candidate id -> (fitness, status)
-    sync = average_gradients if world > 1 else None
-    candidates = config["candidates"]
+    done: dict[int, CandidateResult] = (restore() or {}).get("done", {})
+    pending = [c for c in job.candidates if c["id"] not in done]
     train_seconds = 0.0
 
-    def pack_metrics(finished: bool) -> dict:
-        ids = [c["id"] for c in candidates if str(c["id"]) in done]
-        ok = [done[str(i)][0] for i in ids if done[str(i)][1] == "ok"]
-        return {
-            "candidate_ids": ids,
-            "candidate_fitness": [done[str(i)][0] if done[str(i)][1] == "ok" else DIVERGED_FITNESS for i in ids],
-            "candidate_status": [done[str(i)][1] for i in ids],
-            "best_fitness": max(ok, default=DIVERGED_FITNESS),
-            "epoch": len(ids),  # candidates finished: a DPO pack's unit of progress
-            "pack_finished": finished,
-            "train_seconds": train_seconds,
-            "worker_seconds": time.perf_counter() - started,
-        }
+    def say(finished: bool) -> None:
+        results = [done[c["id"]] for c in job.candidates if c["id"] in done]
+        pack_report = PackReport(results, len(results), len(job.candidates), finished, len(job.candidates) - len(results),
+                                 train_seconds=train_seconds, worker_seconds=time.perf_counter() - started,
+                                 unit="candidate")
+        report(pack_report.to_dict(), rank, {"done": done})
 
-    pending = [c for c in candidates if str(c["id"]) not in done]
     if not pending:  # restarted after its last candidate: say so once more
-        _report(pack_metrics(True), rank, {"done": done})
+        say(True)
     for index, candidate in enumerate(pending):
         prep.model.load_state_dict(initial)
-        loss = taylor_pair_loss(candidate["coefficients"], candidate["center"])
         run = Run.start(prep.model, cfg)
         t0 = time.perf_counter()
-        while run.epoch < cfg.epochs:
-            train_loss = train_epoch(run.model, run.optimizer, prep.train, loss, cfg, run.generator, device, (rank, world), sync)
-            val = evaluate(run.model, prep.val, cfg.effective_beta, cfg, device)
-            run.record({"train_loss": train_loss, **val})
-            if not np.isfinite(train_loss) or val["status"] != "ok":
-                break
+        run_epochs(run, prep, taylor_pair_loss(candidate["coefficients"], candidate["center"]), cfg, device,
+                   (rank, world), average_gradients if world > 1 else None)
         train_seconds += time.perf_counter() - t0
         ok = run.best_state is not None and all(h.get("status") == "ok" for h in run.history)
-        done[str(candidate["id"])] = (run.best_agreement, "ok") if ok else (float("nan"), "diverged")
-        _report(pack_metrics(index == len(pending) - 1), rank, {"done": done})
+        done[candidate["id"]] = CandidateResult(candidate["id"], run.best_agreement if ok else DIVERGED_FITNESS,
+                                                "ok" if ok else "diverged")
+        say(index == len(pending) - 1)

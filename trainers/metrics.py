@@ -6,6 +6,9 @@ PU-only fitness (higher is better), all computed from labelled-vs-unlabelled alo
 - ``pu_auc``: ROC-AUC of labelled positives against unlabelled points. Under SCAR it equals
   (1 - pi') * AUC + pi' / 2 with pi' the positive share of the unlabelled set, so it ranks
   classifiers exactly as the true AUC does. The default.
+- ``pu_pauc``: the same AUC restricted to the labelled positives that score lowest (true
+  positive rates 0.8-1.0): the part of the ranking the shared threshold (recall 0.9) cuts, so it
+  tracks test F1 where ``pu_auc`` also rewards the easy top of the ranking.
 - ``lee_liu``: Lee & Liu's r^2 / P(y_hat = 1) at the shared threshold (r: recall on labelled
   positives). Proportional to precision * recall; needs no prior.
 - ``pu_accuracy``, ``pu_f1``: accuracy and F1 estimated from r and P(y_hat = 1) when the class
@@ -17,10 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-PU_FITNESS = ("pu_auc", "lee_liu", "pu_accuracy", "pu_f1")
-TRUTH_FITNESS = ("truth_val_f1",)
-FITNESS_NEEDS_PRIOR = ("pu_accuracy", "pu_f1")
-DEFAULT_FITNESS = "pu_auc"
+from trainers.config import DEFAULT_FITNESS, FITNESS_NEEDS_PRIOR, PU_FITNESS, TRUTH_FITNESS  # noqa: F401
+from trainers.errors import UsageError
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -37,6 +38,24 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 TARGET_RECALL = 0.9
+PAUC_BAND = (0.8, 1.0)  # true positive rates whose part of the ROC curve pu_pauc measures
+
+
+def partial_pu_auc(scores: np.ndarray, labelled: np.ndarray, band: tuple[float, float] = PAUC_BAND) -> float:
+    """Mean share of unlabelled points scoring below each labelled positive whose rank among the
+    labelled positives (best first) lies in ``band`` of the recall axis (ties count half)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labelled = np.asarray(labelled).astype(bool)
+    positives = np.sort(scores[labelled])[::-1]
+    unlabelled = np.sort(scores[~labelled])
+    if len(positives) == 0 or len(unlabelled) == 0:
+        return float("nan")
+    low = int(np.floor(band[0] * len(positives)))
+    high = max(low + 1, int(np.ceil(band[1] * len(positives))))
+    chosen = positives[low:high]
+    below = np.searchsorted(unlabelled, chosen, side="left")
+    ties = np.searchsorted(unlabelled, chosen, side="right") - below
+    return float(np.mean((below + 0.5 * ties) / len(unlabelled)))
 
 
 def shared_threshold(scores: np.ndarray, labelled: np.ndarray, recall: float = TARGET_RECALL) -> float:
@@ -79,21 +98,23 @@ def pu_fitness(
     labelled = np.asarray(labelled).astype(bool)
     if name == "pu_auc":
         return roc_auc(scores, labelled)
+    if name == "pu_pauc":
+        return partial_pu_auc(scores, labelled)
     threshold = shared_threshold(scores, labelled)
     recall, predicted = _rates(scores, labelled, threshold)
     if name == "lee_liu":
         return recall**2 / predicted
     if name in FITNESS_NEEDS_PRIOR:
         if prior is None:
-            raise ValueError(f"fitness {name!r} needs the class prior (--prior, or benchmark data)")
+            raise UsageError(f"fitness {name!r} needs the class prior (--prior, or benchmark data)")
         if name == "pu_accuracy":
             return 1.0 - predicted + 2.0 * prior * recall - prior
         return 2.0 * prior * recall / (prior + predicted)
     if name == "truth_val_f1":
         if truth is None:
-            raise ValueError("truth_val_f1 needs the truth 'label' (benchmark mode)")
+            raise UsageError("truth_val_f1 needs the truth 'label' (benchmark mode)")
         return classification_metrics(scores, truth, threshold)["f1"]
-    raise ValueError(f"unknown fitness {name!r}; choose from {PU_FITNESS + TRUTH_FITNESS}")
+    raise UsageError(f"unknown fitness {name!r}; choose from {PU_FITNESS + TRUTH_FITNESS}")
 
 
 def classification_metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:

@@ -1,20 +1,26 @@
-"""PU labelling (benchmark mode) and the validation split a PU user can actually make.
+"""PU labelling (benchmark mode) and the validation splits a PU user can actually make.
 
 Benchmark mode (the data has the truth ``label``): a fraction ``labelled_frac`` of the
 positives is drawn uniformly at random (SCAR) to be the labelled positives; the rest of the
 data is unlabelled. Real mode (the data has ``labelled``): those labels are used as given.
 
-The validation split is carved from the training data using only labelled-vs-unlabelled,
-never the truth: the same fraction of labelled and of unlabelled points goes to validation.
-The truth, where present, is carried along for reporting only.
+A validation split (a :class:`Fold`) is carved from the training data using only
+labelled-vs-unlabelled, never the truth: the same fraction of labelled and of unlabelled points
+goes to validation. A search draws many folds of one data set (cross-fitting: each candidate is
+scored on several partitions, re-drawn per pack); ``train-pu`` uses one. Folds hold row
+indices, so any number of them share one copy of the embeddings. The truth, where present, is
+carried along for reporting only.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from trainers.data.shards import LABEL, LABELLED, DataError, EmbeddingTable
+from trainers.errors import DataWarning, UsageError
 
 # Independent random streams derived from one run seed, so changing how one is used never
 # shifts another.
@@ -22,36 +28,106 @@ _LABELLING_STREAM, _SPLIT_STREAM = 1, 2
 
 
 @dataclass
-class PUSplit:
-    """Training and validation parts of a PU data set.
+class PUData:
+    """A PU training set: embeddings, the labelled-positive mask, and the truth where known."""
 
-    ``*_truth`` is None in real mode; it is used for the oracle and for reporting, never for
-    fitting a PU method or choosing anything.
-    """
-
-    x_train: np.ndarray
-    train_labelled: np.ndarray  # bool
-    x_val: np.ndarray
-    val_labelled: np.ndarray  # bool
-    train_truth: np.ndarray | None
-    val_truth: np.ndarray | None
+    x: np.ndarray  # [N, dim]
+    labelled: np.ndarray  # bool [N]
+    truth: np.ndarray | None  # int8 [N]; reporting and the oracle only, never for choosing anything
     source: str
 
-    @property
-    def true_prior(self) -> float | None:
-        """P(y = 1) from the truth of the training data (benchmark mode only)."""
-        if self.train_truth is None:
-            return None
-        return float(np.concatenate([self.train_truth, self.val_truth]).mean())
+    @classmethod
+    def from_table(cls, table: EmbeddingTable, labelled_frac: float, seed: int) -> "PUData":
+        """Label (or take the labels of) ``table``; one error naming the file and column when
+        there are too few labelled or unlabelled rows to train and validate."""
+        labelled = pu_labels(table, labelled_frac, seed)
+        column = LABELLED if table.labelled is not None else LABEL
+        if table.label is not None and bool(table.label.all()):
+            warnings.warn(f"{table.source}, column '{LABEL}': every row is positive; with no negatives PU training "
+                          "has nothing to separate and test metrics say nothing", DataWarning, stacklevel=2)
+        if labelled.sum() < 2:
+            raise DataError(table.source, "need at least 2 labelled positives (one to train, one to validate)", column)
+        if (~labelled).sum() < 2:
+            raise DataError(table.source, "need at least 2 unlabelled rows", column)
+        return cls(table.x, labelled, table.label, table.source)
 
     @property
     def dim(self) -> int:
-        return self.x_train.shape[1]
+        return self.x.shape[1]
+
+    @property
+    def true_prior(self) -> float | None:
+        """P(y = 1) from the truth (benchmark mode only)."""
+        return None if self.truth is None else float(self.truth.mean())
+
+    def fold(self, val_frac: float, entropy: Sequence[int]) -> "Fold":
+        """A validation split drawn from ``entropy`` (a seed sequence): stratified on labelled
+        vs unlabelled, at least one row of each group on each side."""
+        if not 0.0 < val_frac < 1.0:
+            raise UsageError(f"--val-frac must be in (0, 1), got {val_frac}")
+        rng = np.random.default_rng(list(entropy))
+        in_val = np.zeros(len(self.x), dtype=bool)
+        for group in (np.flatnonzero(self.labelled), np.flatnonzero(~self.labelled)):
+            n_val = min(max(1, int(round(val_frac * len(group)))), len(group) - 1)
+            in_val[rng.choice(group, size=n_val, replace=False)] = True
+        train, val = np.flatnonzero(~in_val), np.flatnonzero(in_val)
+        return Fold(
+            train_positive=train[self.labelled[train]],
+            train_unlabelled=train[~self.labelled[train]],
+            val=val,
+            val_labelled=self.labelled[val],
+        )
+
+
+@dataclass
+class Fold:
+    """One labelled/validation partition of a :class:`PUData`, as row indices."""
+
+    train_positive: np.ndarray  # labelled positives used for training
+    train_unlabelled: np.ndarray
+    val: np.ndarray  # validation rows (labelled and unlabelled)
+    val_labelled: np.ndarray  # bool, per validation row
+
+
+@dataclass
+class PUSplit:
+    """A data set with one fold: what ``train-pu`` trains and validates on."""
+
+    data: PUData
+    fold: Fold
+
+    @property
+    def source(self) -> str:
+        return self.data.source
+
+    @property
+    def dim(self) -> int:
+        return self.data.dim
+
+    @property
+    def true_prior(self) -> float | None:
+        return self.data.true_prior
+
+    @property
+    def x_val(self) -> np.ndarray:
+        return self.data.x[self.fold.val]
+
+    @property
+    def val_labelled(self) -> np.ndarray:
+        return self.fold.val_labelled
+
+    @property
+    def val_truth(self) -> np.ndarray | None:
+        return None if self.data.truth is None else self.data.truth[self.fold.val]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.fold.train_positive) + len(self.fold.train_unlabelled)
 
     def summary(self) -> str:
         return (
-            f"{len(self.x_train)} train ({int(self.train_labelled.sum())} labelled positives), "
-            f"{len(self.x_val)} validation ({int(self.val_labelled.sum())} labelled positives), dim {self.dim}"
+            f"{self.n_train} train ({len(self.fold.train_positive)} labelled positives), "
+            f"{len(self.fold.val)} validation ({int(self.fold.val_labelled.sum())} labelled positives), dim {self.dim}"
         )
 
 
@@ -65,7 +141,7 @@ def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int) -> np.ndar
     if table.label is None:
         raise DataError(table.source, f"need '{LABELLED}' or '{LABEL}'", LABELLED)
     if not 0.0 < labelled_frac <= 1.0:
-        raise ValueError(f"--labelled-frac must be in (0, 1], got {labelled_frac}")
+        raise UsageError(f"--labelled-frac must be in (0, 1], got {labelled_frac}")
     positives = np.flatnonzero(table.label == 1)
     if len(positives) == 0:
         raise DataError(table.source, "no positives (no row has 1), so no labelled positives can be drawn", LABEL)
@@ -76,27 +152,13 @@ def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int) -> np.ndar
     return labelled
 
 
+def split_entropy(seed: int, *stream: int) -> list[int]:
+    """The seed sequence of a validation split: ``train-pu``'s is ``[seed, 2]``; a search's
+    folds add (purpose, pack, fold) so search folds, re-evaluation folds and every pack differ."""
+    return [seed, _SPLIT_STREAM, *stream]
+
+
 def make_pu_split(table: EmbeddingTable, labelled_frac: float = 0.1, seed: int = 0, val_frac: float = 0.2) -> PUSplit:
-    if not 0.0 < val_frac < 1.0:
-        raise ValueError(f"val_frac must be in (0, 1), got {val_frac}")
-    labelled = pu_labels(table, labelled_frac, seed)
-    if labelled.sum() < 2:
-        raise DataError(table.source, "need at least 2 labelled positives (one to train, one to validate)",
-                        LABELLED if table.labelled is not None else LABEL)
-    if (~labelled).sum() < 2:
-        raise DataError(table.source, "need at least 2 unlabelled rows", LABELLED if table.labelled is not None else LABEL)
-    rng = np.random.default_rng([seed, _SPLIT_STREAM])
-    in_val = np.zeros(len(table), dtype=bool)
-    for group in (np.flatnonzero(labelled), np.flatnonzero(~labelled)):
-        n_val = min(max(1, int(round(val_frac * len(group)))), len(group) - 1)
-        in_val[rng.choice(group, size=n_val, replace=False)] = True
-    truth = table.label
-    return PUSplit(
-        x_train=table.x[~in_val],
-        train_labelled=labelled[~in_val],
-        x_val=table.x[in_val],
-        val_labelled=labelled[in_val],
-        train_truth=None if truth is None else truth[~in_val],
-        val_truth=None if truth is None else truth[in_val],
-        source=table.source,
-    )
+    data = PUData.from_table(table, labelled_frac, seed)
+    return PUSplit(data, data.fold(val_frac, split_entropy(seed)))
+

@@ -16,18 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from trainers.errors import DataError  # noqa: F401 - re-exported: readers raise it
+
 EMBEDDING = "embedding"
 LABEL = "label"  # the truth
 LABELLED = "labelled"  # 1 = known positive, 0 = unlabelled
-
-
-class DataError(ValueError):
-    """Malformed input data. ``str(err)`` names the file and the column; the CLI exits 2 on it."""
-
-    def __init__(self, source: str, message: str, column: str | None = None):
-        self.source, self.column = str(source), column
-        where = f"{source}" + (f", column '{column}'" if column else "")
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass

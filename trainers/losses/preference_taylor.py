@@ -13,13 +13,15 @@ natural seed (:func:`preference_taylor_point`). The constant term is dropped (no
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from trainers.errors import DataError, UsageError
+from trainers.files import read_json, write_json
 
 FAMILY = "preference-taylor"
 FORMAT_VERSION = 1
@@ -28,7 +30,7 @@ MAX_ORDER = 6
 
 def check_order(order: int) -> None:
     if not 1 <= order <= MAX_ORDER:
-        raise ValueError(f"preference Taylor order must be between 1 and {MAX_ORDER}, got {order}")
+        raise UsageError(f"preference Taylor order must be between 1 and {MAX_ORDER}, got {order}")
 
 
 def preference_taylor_losses(
@@ -106,16 +108,21 @@ class PreferenceTaylorLoss:
                    float(spec.get("center", 0.5)), spec.get("name", FAMILY))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "PreferenceTaylorLoss":
+        """A loss file; anything else (not JSON, not an object, a missing or malformed field) is
+        one DataError naming the file and the field."""
+        spec = read_json(path, "loss file")
+        if not isinstance(spec, dict):
+            raise DataError(path, f"not a loss file: the top level is {type(spec).__name__}, not an object")
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            return cls.from_dict(spec)
+        except KeyError as err:
+            raise DataError(path, "missing", column=str(err.args[0]), kind="field") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            raise DataError(path, f"not a valid preference Taylor loss: {err}") from None
 
     @classmethod
     def from_function(cls, f: Callable[[torch.Tensor], torch.Tensor], order: int, center: float = 0.5,
@@ -144,5 +151,5 @@ SEED_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def preference_taylor_point(name: str, order: int, center: float = 0.5) -> PreferenceTaylorLoss:
     if name not in SEED_FUNCTIONS:
-        raise ValueError(f"no preference Taylor seed for {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
+        raise UsageError(f"no preference Taylor seed for {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
     return PreferenceTaylorLoss.from_function(SEED_FUNCTIONS[name], order, center, name=f"{name}-taylor{order}")

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from trainers.errors import UsageError
+
 from trainers.losses.pu import pan_probability_losses
 from trainers.losses.taylor import TaylorLoss
 
@@ -46,7 +48,7 @@ def taylor_point(
     name: str, order: int, center: Sequence[float] = (0.5, 0.5, 0.5, 0.5), prior: float = 0.5
 ) -> TaylorLoss:
     if name not in SEED_FUNCTIONS:
-        raise ValueError(f"no Taylor seed for {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
+        raise UsageError(f"no Taylor seed for {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
     f = SEED_FUNCTIONS[name]
     if name in NEEDS_PRIOR:
         f = partial(f, prior=prior)

@@ -22,13 +22,15 @@ Everything here is plain tensor arithmetic. The functional core
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from trainers.errors import DataError, UsageError
+from trainers.files import read_json, write_json
 
 VARIABLES = ("d_p", "d_u", "c_p", "c_u")
 PLAYERS = ("discriminator", "selector")
@@ -45,7 +47,7 @@ def exponents(order: int, player: str) -> list[tuple[int, ...]]:
     coefficient layout is stable across versions and readable.
     """
     if not 1 <= order <= MAX_ORDER:
-        raise ValueError(f"Taylor order must be between 1 and {MAX_ORDER}, got {order}")
+        raise UsageError(f"Taylor order must be between 1 and {MAX_ORDER}, got {order}")
     if player not in _PLAYER_VARIABLES:
         raise ValueError(f"player must be one of {PLAYERS}, got {player!r}")
     own = _PLAYER_VARIABLES[player]
@@ -229,20 +231,22 @@ class TaylorLoss:
         return cls(order=order, coefficients=coefficients, center=tuple(center), name=spec.get("name", "taylor"))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "TaylorLoss":
-        try:
-            spec = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        """A loss file; anything else (not JSON, not an object, a missing or malformed field) is
+        one DataError naming the file and the field."""
+        spec = read_json(path, "loss file")
+        if not isinstance(spec, dict):
+            raise DataError(path, f"not a loss file: the top level is {type(spec).__name__}, not an object")
         try:
             return cls.from_dict(spec)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+        except KeyError as err:
+            raise DataError(path, "missing", column=str(err.args[0]), kind="field") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            raise DataError(path, f"not a valid Taylor loss: {err}") from None
 
-    # -- from any smooth loss ---------------------------------------------------------------
     @classmethod
     def from_function(
         cls,

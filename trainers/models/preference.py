@@ -14,12 +14,14 @@ are truncated, never dropped; the count is reported.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from trainers.errors import DataError, UsageError
+from trainers.files import read_json, write_json
 
 MODES = ("encoder", "causal")
 
@@ -61,20 +63,41 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_model_folder(model_dir: str | Path, mode: str) -> Path:
+    """A local Hugging Face model folder, checked without loading it: its config names a model
+    type and there are weights. One DataError naming the folder and the missing file if not."""
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(folder, "no such model folder" if not folder.exists() else "not a folder", "--model", kind="option")
+    config = read_json(folder / "config.json", "Hugging Face model config")
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise DataError(folder / "config.json", "missing (a Hugging Face config names its model_type)", "model_type", kind="field")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise DataError(folder, f"no weights ({' or '.join(WEIGHT_FILES[:2])})", "--model", kind="option")
+    return folder
+
+
 def load_backbone(model_dir: str | Path, mode: str):
-    """(model, tokenizer) from a local Hugging Face folder; never touches the network."""
+    """(model, tokenizer) from a local Hugging Face folder; never touches the network. A folder
+    that is not a loadable model (truncated weights, wrong kind for ``mode``) is a DataError."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--model {model_dir}: not a Hugging Face model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    folder = check_model_folder(model_dir, mode)
     cls = AutoModel if mode == "encoder" else AutoModelForCausalLM
     try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = cls.from_pretrained(folder, local_files_only=True)
-    except ValueError as err:
-        raise ValueError(f"--model {model_dir} cannot be loaded for --mode {mode}: {err}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(folder, f"cannot be loaded as a {mode} model: {first}") from None
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError for torn files
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise DataError(folder, f"the weights file is damaged (truncated or not safetensors): {err}") from None
     return model, tokenizer
 
 
@@ -108,7 +131,7 @@ def special_ids(tokenizer, mode: str) -> tuple[int, int, int]:
     start = next((i for i in first if i is not None), None)
     end = next((i for i in last if i is not None), None)
     if start is None or end is None:
-        raise ValueError(f"the tokenizer has no start/end special tokens for --mode {mode}")
+        raise UsageError(f"the tokenizer has no start/end special tokens for --mode {mode}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
     return start, end, pad
 
@@ -205,16 +228,29 @@ def save_scoring_model(model: nn.Module, tokenizer, folder: str | Path, meta: di
     tokenizer.save_pretrained(folder)
     if isinstance(model, EncoderScorer):
         torch.save(model.head.state_dict(), folder / HEAD_FILE)
-    (folder / SCORER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(folder / SCORER_FILE, meta)
+
+
+SCORER_FIELDS = ("mode", "reward_scale", "max_length", "max_prompt_length")
 
 
 def load_scoring_model(folder: str | Path) -> tuple[nn.Module, object, dict]:
     folder = Path(folder)
     if not (folder / SCORER_FILE).is_file():
-        raise ValueError(f"{folder}: not a lossforge scorer (no {SCORER_FILE}); train one with `lossforge train-dpo`")
-    meta = json.loads((folder / SCORER_FILE).read_text())
+        raise DataError(folder, f"not a lossforge scorer (no {SCORER_FILE}); train one with `lossforge train-dpo`")
+    meta = read_json(folder / SCORER_FILE, "scorer description")
+    if not isinstance(meta, dict):
+        raise DataError(folder / SCORER_FILE, "not a scorer description (the top level is not an object)")
+    for name in SCORER_FIELDS:
+        if name not in meta:
+            raise DataError(folder / SCORER_FILE, "missing", name, kind="field")
+    if meta["mode"] not in MODES:
+        raise DataError(folder / SCORER_FILE, f"must be one of {MODES}, got {meta['mode']!r}", "mode", kind="field")
     backbone, tokenizer = load_backbone(folder, meta["mode"])
     model = build_scoring_model(meta["mode"], backbone)
     if isinstance(model, EncoderScorer):
-        model.head.load_state_dict(torch.load(folder / HEAD_FILE, map_location="cpu"))
+        try:
+            model.head.load_state_dict(torch.load(folder / HEAD_FILE, map_location="cpu"))
+        except (OSError, RuntimeError, EOFError) as err:
+            raise DataError(folder / HEAD_FILE, f"cannot load the scorer's head: {str(err).splitlines()[0]}") from None
     return model, tokenizer, meta

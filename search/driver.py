@@ -1,0 +1,187 @@
+"""What every command that runs Ray jobs does the same way: its run folder (spec file, resume,
+refusing to overwrite, reading inputs before writing anything), Ray itself (start, bounded
+disconnect), and the one place a Ray Train job is built.
+
+The order is the contract: options validated, inputs read, outputs checked -- all before the
+first byte is written or Ray starts -- so a bad input costs seconds and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from trainers.errors import DataError, UsageError
+from trainers.files import read_json, write_json
+
+# Ray Train blocks each report after the first for about this health-check interval (2 s by
+# default); packs report once per rung or epoch, so a short interval saves seconds per trial.
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+@dataclass
+class RunFolder:
+    """A command's output folder, marked by its spec file (the options it started with)."""
+
+    path: Path
+    spec_file: str
+    command: str  # how to continue it, for messages: "lossforge resume NAME", "--resume"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / self.spec_file
+
+    def exists(self) -> bool:
+        return self.spec_path.exists()
+
+    def load_spec(self) -> dict:
+        if not self.spec_path.is_file():
+            raise UsageError(f"nothing to resume in {self.path} (no {self.spec_file})")
+        spec = read_json(self.spec_path, "run spec")
+        if not isinstance(spec, dict):
+            raise DataError(self.spec_path, "not a run spec (the top level is not an object)")
+        return spec
+
+
+def start_run(
+    folder: RunFolder,
+    resume: bool,
+    spec: dict | None,
+    read_inputs: Callable[[dict], object],
+) -> tuple[dict, object]:
+    """The driver skeleton. With ``resume`` the spec comes from the folder, else ``spec`` is new
+    and an existing run is refused. ``read_inputs(spec)`` validates and reads everything (it
+    raises on bad input); only then is the folder created and the spec written (atomically)."""
+    if resume:
+        spec = folder.load_spec()
+    else:
+        if folder.exists():
+            raise UsageError(f"{folder.path} already holds a run: continue it with {folder.command}, or pick another name")
+        if folder.path.exists() and not folder.path.is_dir():
+            raise UsageError(f"{folder.path} exists and is not a folder")
+        if folder.path.is_dir() and any(folder.path.iterdir()):
+            raise UsageError(f"{folder.path} exists and is not empty: pick another name (nothing was changed)")
+    check_writable_folder(folder.path)
+    inputs = read_inputs(spec)
+    if not resume:
+        write_json(folder.spec_path, spec)
+    return spec, inputs
+
+
+def check_writable_folder(path: Path) -> None:
+    """A folder can be created (or is one) here: no regular file on the way."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"cannot create {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise UsageError(f"cannot write under {parent} (permission denied)")
+            return
+
+
+def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
+    """An output file path that is safe to write: not one of the inputs (nor inside one), not a
+    folder, not under a file, with a known suffix, and not an existing file without ``overwrite``."""
+    target = Path(out).expanduser()
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
+    resolved = target.resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if resolved == source or source in resolved.parents:
+            raise UsageError(f"--out {out} is an input of this command ({given}); refusing to overwrite it")
+    if target.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file path")
+    if target.exists() and not overwrite:
+        raise UsageError(f"--out {out} already exists; add --overwrite to replace it")
+    check_writable_folder(resolved.parent)
+    return target
+
+
+# -- Ray --------------------------------------------------------------------------------------------
+
+_STARTED_HERE: list[bool] = []  # True once start_ray connected this process (not a caller's own ray.init)
+
+
+def ray_started_here() -> bool:
+    return bool(_STARTED_HERE)
+
+
+def start_ray(address: str | None, quiet: bool = True) -> None:
+    """Join ``address``, or the cluster a Ray job runs in, or start a local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    _STARTED_HERE.append(True)
+    kwargs = {"log_to_driver": not quiet}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A driver submitted through the Jobs API: `lossforge submit` put RAY_ENV in the job's
+        # runtime environment already, and Ray refuses the same variables twice.
+        ray.init(**kwargs)
+        return
+    kwargs["runtime_env"] = {"env_vars": dict(RAY_ENV)}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        os.environ.update(RAY_ENV)  # a local cluster's processes inherit the driver's environment
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def stop_ray(timeout: float = 30.0) -> bool:
+    """Disconnect from Ray within ``timeout`` seconds; False if it did not finish in time.
+
+    After a node of the cluster died, a driver's disconnect could hang for minutes (seen in the
+    node-loss test: the search had finished and written its report 6 minutes earlier). The
+    command's work is on disk by then, so the CLI may exit without waiting for it.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return True
+    done = threading.Event()
+
+    def shutdown():
+        try:
+            ray.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, name="ray-shutdown", daemon=True).start()
+    return done.wait(timeout)
+
+
+@dataclass
+class Scaling:
+    """Resources of one Ray Train job (a trial's pack, a train-dpo run, a re-evaluation)."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2
+
+
+def train_job(loop, config: dict, scaling: Scaling, name: str, storage: str, keep: int = 2, callbacks=()):
+    """The one place a Ray Train job is built: a TorchTrainer over ``loop`` with ``config``."""
+    from ray import train
+    from ray.train.torch import TorchTrainer
+
+    gpus = scaling.gpus_per_worker
+    return TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=train.ScalingConfig(
+            num_workers=scaling.workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})},
+        ),
+        run_config=train.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=list(callbacks),
+            failure_config=train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=train.CheckpointConfig(num_to_keep=keep),
+        ),
+    )

@@ -1,0 +1,129 @@
+"""Elite re-evaluation: after the budget, the search's best candidates are trained again on folds
+and seeds the search never used, at the full epoch count, next to the controls; the exported
+loss is the winner of this stage by a lower confidence bound, not the search's noisy maximum.
+
+The best of many noisy evaluations looks better than it is (the winner's curse); a fresh,
+larger sample of its paired margin over the controls says how much. ``reevaluation.json`` is the
+stage's record (elites, results, winner); ``reevaluation.csv`` ranks the elites with their search
+fitness beside the re-evaluated one. A resumed search skips a finished stage and continues an
+interrupted one from its Train checkpoint (same elites: the log is complete by then).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from search.evaluations import EvaluationLog
+from trainers.boundary import CandidateResult, PackJob, PackReport
+from trainers.files import read_json, write_json
+
+REEVALUATION_FILE = "reevaluation.json"
+REEVALUATION_CSV = "reevaluation.csv"
+REEVALUATION_RUN = "reevaluation"
+LCB_Z = 1.0  # the winner maximises mean - 1 standard error of its re-evaluated fitness
+
+
+def elites(folder: Path, opts, searcher, plan) -> list[dict]:
+    """The controls, the top ``reevaluate`` ok candidates by search fitness, and the optimiser's
+    recommendation when it is a point the search never evaluated (noisy optimisers recommend an
+    average)."""
+    told = [e for e in EvaluationLog(folder).told() if e.status == "ok"]
+    top = sorted(told, key=lambda e: (-e.fitness, e.id))[: opts.task_options.reevaluate]
+    chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": list(c["coefficients"]) + list(c["center"]),
+               "search_fitness": None} for i, c in enumerate(plan.controls)]
+    chosen += [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness} for e in top]
+    recommended = np.asarray(searcher.optimizer.provide_recommendation().value, dtype=float)
+    if not any(np.allclose(recommended, e["vector"], atol=1e-9) for e in chosen):
+        chosen.append({"id": opts.budget, "source": "recommendation", "vector": recommended.tolist(), "search_fitness": None})
+    return chosen
+
+
+def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tuple[float, float]:
+    """(fitness, standard error) of a re-evaluated candidate, margins in the plan's noise units."""
+    if result.status != "ok":
+        return float("-inf"), float("nan")
+    d = result.details
+    scale = np.asarray(d["scale"], dtype=float)
+    se = np.nan_to_num(np.asarray(d["sd"], dtype=float)) / math.sqrt(members) / scale
+    return result.fitness, float(np.sqrt(np.sum(se**2)) / len(scale))
+
+
+def reevaluate_elites(folder: Path, opts, plan, searcher, log) -> dict:
+    """Run (or finish, or skip) the re-evaluation stage and write its files."""
+    from search.driver import Scaling, train_job
+    from search.tasks import get_task
+    from trainers.pu_pack import REEVALUATION_STREAM
+
+    path = folder / REEVALUATION_FILE
+    if path.exists():
+        return read_json(path, "re-evaluation record")
+    task = get_task(opts.task)
+    space = task.space(opts.order)
+    chosen = elites(folder, opts, searcher, plan)
+    o = opts.task_options
+    stage = replace(plan, folds=o.reevaluation_folds, seeds_per_candidate=o.reevaluation_seeds, rungs=[opts.epochs],
+                    keep=1.0, stream=REEVALUATION_STREAM)
+    log(f"re-evaluating {len(chosen)} elites (controls included) on {stage.folds} fresh folds x "
+        f"{stage.seeds_per_candidate} seeds, {opts.epochs} epochs")
+    job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
+    scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
+    result = train_job(task.worker_loop(), {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train")).fit()
+    report = PackReport.from_dict(result.metrics)
+    if report is None or not report.finished:
+        raise RuntimeError(f"the re-evaluation job ended without its results: {result.error}")
+    record = summarise(chosen, report.results, stage.members_per_unit)
+    write_json(path, record)
+    write_reevaluation_csv(folder / REEVALUATION_CSV, record)
+    log(format_reevaluation(record))
+    return record
+
+
+def summarise(chosen: list[dict], results: list[CandidateResult], members: int) -> dict:
+    by_id = {r.id: r for r in results}
+    rows = []
+    for e in chosen:
+        r = by_id[e["id"]]
+        fitness, se = lower_bound(r, members)
+        rows.append({**e, "status": r.status, "reevaluated_fitness": fitness if r.status == "ok" else None,
+                     "se": se, "lcb": fitness - LCB_Z * se if r.status == "ok" else None, "details": r.details})
+    ok = [row for row in rows if row["lcb"] is not None]
+    winner = max(ok, key=lambda row: (row["lcb"], -row["id"]), default=None)
+    shrink = [row["search_fitness"] - row["reevaluated_fitness"] for row in ok if row["search_fitness"] is not None]
+    return {"members_per_candidate": members, "z": LCB_Z, "rows": rows,
+            "winner": None if winner is None else winner["id"],
+            "shrinkage": float(np.mean(shrink)) if shrink else None}
+
+
+def write_reevaluation_csv(path: Path, record: dict) -> None:
+    rows = sorted(record["rows"], key=lambda r: -(r["lcb"] if r["lcb"] is not None else -math.inf))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "id", "source", "search_fitness", "reevaluated_fitness", "se", "lcb", "status", "winner"])
+        for rank, r in enumerate(rows, 1):
+            writer.writerow([rank, r["id"], r["source"], r["search_fitness"], r["reevaluated_fitness"], r["se"], r["lcb"],
+                             r["status"], r["id"] == record["winner"]])
+
+
+def format_reevaluation(record: dict) -> str:
+    lines = [f"re-evaluation ({record['members_per_candidate']} fresh folds x seeds each; winner by mean - "
+             f"{record['z']:g} SE):", f"{'id':>6} {'source':<22} {'search':>9} {'re-eval':>9} {'SE':>8} {'LCB':>9}"]
+    for r in sorted(record["rows"], key=lambda r: -(r["lcb"] if r["lcb"] is not None else -math.inf)):
+        search = "-" if r["search_fitness"] is None else f"{r['search_fitness']:.4f}"
+        if r["lcb"] is None:
+            lines.append(f"{r['id']:>6} {r['source']:<22} {search:>9} {r['status']:>9}")
+            continue
+        mark = "  <- exported" if r["id"] == record["winner"] else ""
+        lines.append(f"{r['id']:>6} {r['source']:<22} {search:>9} {r['reevaluated_fitness']:>9.4f} {r['se']:>8.4f} "
+                     f"{r['lcb']:>9.4f}{mark}")
+    if record["shrinkage"] is not None:
+        lines.append(f"shrinkage: the elites' search fitness exceeds their re-evaluated fitness by {record['shrinkage']:.4f} on average")
+    return "\n".join(lines)
+
+
+def read_reevaluation(folder: Path) -> dict | None:
+    path = Path(folder) / REEVALUATION_FILE
+    return read_json(path, "re-evaluation record") if path.exists() else None

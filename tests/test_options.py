@@ -1,0 +1,199 @@
+"""The command line's boundary and the search driver's pieces, without a Ray cluster: options
+derived from the dataclasses, validation before anything starts, the error contract, the
+searcher's replay, job specs. Fast: none of these starts Ray."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from search.cli import build_parser, main
+from search.evaluations import EvaluationLog
+from search.options import PUSearchOptions, SearchOptions
+from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackReport
+from trainers.errors import UsageError
+
+
+def test_bad_search_options_fail_before_ray_starts(tmp_path, capsys):
+    assert main(["search", "--name", "x", "--storage", str(tmp_path), "--optimizer", "TwoPointDE"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["search", "--name", "x", "--storage", str(tmp_path), "--order", "7"]) == 2
+    assert main(["search", "--name", "x", "--storage", str(tmp_path), "--seed-losses", "pan,bogus"]) == 2
+    assert main(["search", "--name", "x", "--storage", str(tmp_path), "--train", str(tmp_path / "none.parquet")]) == 2
+    assert main(["resume", "never-ran", "--storage", str(tmp_path)]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_submit_passes_every_search_option_through():
+    from search.options import options_from_args, search_argv
+
+    args = build_parser().parse_args(["submit", "--name", "s", "--budget", "100", "--gpus-per-worker", "0.25",
+                                      "--seed-losses", "pan,nnpu", "--order", "3", "--train", "/data/a",
+                                      "--train", "/data/b", "--folds", "3", "--controls", "pan", "--rungs", "none"])
+    opts = options_from_args(args)
+    assert opts.train == ["/data/a", "/data/b"] and opts.task_options.folds == 3 and opts.task_options.rungs == []
+    again = options_from_args(build_parser().parse_args(["search", *search_argv(opts)]))
+    assert again == opts
+    assert opts.storage == "~/lossforge_results"  # a job's working directory is temporary
+    with pytest.raises(UsageError, match="--mode is an option of --task dpo"):
+        options_from_args(build_parser().parse_args(["search", "--mode", "causal"]))
+
+
+def test_pack_auto_spreads_the_budget_over_one_round_within_caps():
+    from search.options import options_from_args
+    from search.tasks import auto_pack
+
+    assert auto_pack(SearchOptions(budget=32), concurrency=2) == 16
+    assert auto_pack(SearchOptions(budget=5), concurrency=2) == 3
+    assert auto_pack(SearchOptions(budget=5000), concurrency=2) == 64  # CPU cap: 128 members, 2 folds each
+    assert auto_pack(SearchOptions(budget=5000, task_options=PUSearchOptions(seeds_per_candidate=4)), concurrency=2) == 16
+    assert auto_pack(SearchOptions(budget=5000, gpus_per_worker=0.25), concurrency=4) == 256
+    assert auto_pack(SearchOptions(task="dpo", budget=5000), concurrency=1) == 16
+    args = build_parser().parse_args(["search", "--pack", "auto"])
+    assert options_from_args(args).pack is None
+    assert options_from_args(build_parser().parse_args(["search", "--pack", "12"])).pack == 12
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--pack", "many"])
+
+
+def test_building_the_parser_imports_neither_torch_ray_nor_nevergrad():
+    code = ("import sys, time; t = time.perf_counter(); from search.cli import build_parser; build_parser(); "
+            "assert not {'torch', 'ray', 'nevergrad'} & set(sys.modules), sorted({'torch', 'ray', 'nevergrad'} & set(sys.modules)); "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 1.0
+    started = time.perf_counter()
+    for command in (["--help"], ["train-pu", "--help"], ["search", "--help"]):
+        subprocess.run([sys.executable, "-m", "search.cli", *command], capture_output=True, check=True)
+    assert (time.perf_counter() - started) / 3 < 1.5  # the interpreter's start included
+
+
+def test_flags_come_from_the_config_dataclasses():
+    from dataclasses import fields
+
+    from trainers.config import PUConfig
+
+    help_text = build_parser().parse_args(["train-pu"]).__dict__
+    for f in fields(PUConfig):
+        assert (f.name in help_text) == f.metadata.get("cli", True), f.name
+    args = build_parser().parse_args(["train-pu", "--lr", "0.01", "--hidden", "64"])
+    assert (args.lr, args.hidden, args.epochs) == (0.01, 64, PUConfig().epochs)
+
+
+def test_only_input_errors_are_one_line_and_exit_2_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    import search.cli as cli
+
+    assert main(["train-pu", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epochs" in err and "Traceback" not in err
+
+    def broken(args):
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(cli, "run_train_pu", broken)
+    with pytest.raises(KeyError):  # not swallowed as "bad input": the console script prints it, exit 1
+        main(["train-pu", "--epochs", "1"])
+
+
+def test_the_searchers_replay_continues_exactly_where_the_log_stops(tmp_path):
+    """Asks, tells, pending packs and the optimiser's state come back from the log alone."""
+    from search.searcher import PackSearcher
+    from search.space import TaylorSpace
+
+    space = TaylorSpace(2)
+    seeds = [("pan", space.seed_point("pan"))]
+
+    def searcher():
+        return PackSearcher(space, "TwoPointsDE", budget=7, pack=3, num_workers=3, seed=1, log=EvaluationLog(tmp_path),
+                            seed_vectors=seeds, progress=lambda m: None)
+
+    first = searcher()
+    pack0 = first.suggest("t0")
+    pack1 = first.suggest("t1")
+    assert [c["id"] for c in pack0["candidates"]] == [0, 1, 2] and pack1["pack"] == 1
+    report = PackReport([CandidateResult(i, 0.1 * i, "ok") for i in (0, 1, 2)], 1, 1, True)
+    first.on_trial_complete("t0", report.to_dict())
+    assert EvaluationLog(tmp_path).evaluations()[0].source == "seed:pan"
+
+    again = searcher()  # a crash here: pack 1 was asked, never told
+    assert (again.asked, again.told, again.pending_packs, again.packs_to_run()) == (6, 3, [1], 2)
+    redo = again.suggest("t2")
+    assert redo == pack1  # the same pack, the same ids and vectors: its Train run resumes
+    fresh = again.suggest("t3")
+    assert [c["id"] for c in fresh["candidates"]] == [6]  # the budget, and not one more
+    assert again.suggest("t4") == "FINISHED"
+    np.testing.assert_allclose(fresh["candidates"][0]["vector"], first.suggest("t5")["candidates"][0]["vector"])
+    again.on_trial_complete("t2", None, error=True)  # a failed trial: every member told as an error
+    told = {e.id: e for e in EvaluationLog(tmp_path).told()}
+    assert told[3].status == "error" and told[3].fitness == DIVERGED_FITNESS
+
+
+def test_no_working_dir_runs_the_clusters_own_lossforge():
+    from search.jobs import job_spec
+
+    entrypoint, env = job_spec(["--budget", "4"], working_dir=False)
+    assert entrypoint == "lossforge search --budget 4"
+    assert "PYTHONPATH" not in env["env_vars"] and "working_dir" not in env and sys.executable not in entrypoint
+    entrypoint, env = job_spec(["--budget", "4"], working_dir=True)
+    assert entrypoint.startswith("python -m search.cli search") and "working_dir" in env
+
+
+def _finished_log(folder, budget=4, pack=2):
+    """A finished search's log, written through the real searcher."""
+    from search.searcher import PackSearcher
+
+    folder.mkdir(parents=True, exist_ok=True)
+    from search.space import TaylorSpace
+
+    searcher = PackSearcher(TaylorSpace(2), "TwoPointsDE", budget, pack, pack, 0, EvaluationLog(folder), progress=lambda m: None)
+    for t in range(budget // pack):
+        config = searcher.suggest(f"t{t}")
+        results = [CandidateResult(c["id"], 0.01 * c["id"] - 0.02, "ok", {"rung": 0}) for c in config["candidates"]]
+        searcher.on_trial_complete(f"t{t}", PackReport(results, 1, 1, True).to_dict())
+    return searcher
+
+
+def test_a_torn_last_line_at_any_offset_is_repaired_and_its_pack_alone_reported_again(tmp_path):
+    """Truncate the log at every byte of its last event (a crash inside the write), repair, replay:
+    exactly the cut candidate is pending, its pack is re-dispatched for it alone, the result the
+    pack reports again is told once, and the log parses -- the budget exactly, nothing lost."""
+    from search.searcher import PackSearcher
+    from search.space import TaylorSpace
+
+    _finished_log(tmp_path / "full")
+    full = (tmp_path / "full" / "evaluations.jsonl").read_bytes()
+    last_start = full.rstrip(b"\n").rfind(b"\n") + 1
+    original = {e.id: e.fitness for e in EvaluationLog(tmp_path / "full").told()}
+    for offset in range(last_start, len(full)):
+        folder = tmp_path / f"cut{offset}"
+        folder.mkdir()
+        (folder / "evaluations.jsonl").write_bytes(full[:offset])
+        log = EvaluationLog(folder)
+        assert log.repair() == offset - last_start
+        if offset > last_start:
+            assert (folder / "evaluations.jsonl.torn-1").read_bytes() == full[:offset]
+        searcher = PackSearcher(TaylorSpace(2), "TwoPointsDE", 4, 2, 2, 0, log, progress=lambda m: None)
+        assert (searcher.asked, searcher.told, searcher.pending_packs) == (4, 3, [1]), offset
+        config = searcher.suggest("again")
+        (cut,) = config["candidates"]
+        report = PackReport([CandidateResult(cut["id"], original[cut["id"]], "ok")], 1, 1, True)
+        searcher.on_trial_complete("again", report.to_dict())
+        assert searcher.suggest("more") == "FINISHED"
+        assert {e.id: e.fitness for e in log.told()} == original, offset
+
+
+def test_a_corrupt_interior_line_is_refused_before_ray_starts(tmp_path, capsys):
+    folder = tmp_path / "s"
+    _finished_log(folder)
+    (folder / "search.json").write_text(json.dumps(SearchOptions(name="s", storage=str(tmp_path)).to_dict()))
+    lines = (folder / "evaluations.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]
+    (folder / "evaluations.jsonl").write_text("\n".join(lines) + "\n")
+    before = (folder / "evaluations.jsonl").read_bytes()
+    started = time.perf_counter()
+    assert main(["resume", "s", "--storage", str(tmp_path)]) == 2
+    assert time.perf_counter() - started < 10 and "line 2 is corrupt" in capsys.readouterr().err
+    assert (folder / "evaluations.jsonl").read_bytes() == before
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

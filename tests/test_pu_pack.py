@@ -1,0 +1,166 @@
+"""The PU search pack, in-process: folds, paired controls, successive halving, re-evaluation
+streams, rejection and exact resume -- the mechanisms behind an honest fitness."""
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_embeddings
+
+from trainers.boundary import DIVERGED_FITNESS
+from trainers.config import PUConfig
+from trainers.data.pu import PUData, split_entropy
+from trainers.data.synthetic import SyntheticSpec, synthetic_pu_problem
+from trainers.losses.seeds import taylor_point
+from trainers.losses.taylor import exponents, num_coefficients
+from trainers.pu import Objective, TrainTensors, build_population, train_epoch
+from trainers.pu_pack import (
+    REEVALUATION_STREAM, SEARCH_STREAM, PackState, PUPackPlan, load_dataset, run_pack, selector_can_rank,
+)
+
+CFG = PUConfig(epochs=3, hidden=16, batch_size=128)
+
+
+def candidate(name_or_vector, cid, order=2):
+    if isinstance(name_or_vector, str):
+        loss = taylor_point(name_or_vector, order)
+        return {"id": cid, "name": name_or_vector, "order": order, "coefficients": loss.coefficients, "center": list(loss.center)}
+    w = list(name_or_vector)
+    return {"id": cid, "order": order, "coefficients": w, "center": [0.5] * 4}
+
+
+def random_candidates(n, seed=0, start=0):
+    rng = np.random.default_rng(seed)
+    return [candidate(rng.uniform(-3, 3, num_coefficients(2)), start + i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small built-in problem as a Parquet file (the packs read their data by path)."""
+    table, _ = synthetic_pu_problem(SyntheticSpec(n_train=1200, n_test=10))
+    return str(write_embeddings(tmp_path_factory.mktemp("pu") / "small.parquet", table.x, label=table.label))
+
+
+@pytest.fixture(scope="module")
+def plan(small):
+    return PUPackPlan(datasets=[small], labelled_frac=0.2, seed=0, pu=CFG, priors=[None], folds=2,
+                      controls=[candidate("pan", -1), candidate("naive", -2)], rungs=[1, 2, 3], keep=0.5)
+
+
+def test_folds_differ_between_packs_and_from_the_reevaluation_folds(small):
+    data = load_dataset(small, 0.2, 0)
+    folds = {key: data.fold(0.2, split_entropy(0, *key)) for key in
+             [(SEARCH_STREAM, 0, 0), (SEARCH_STREAM, 0, 1), (SEARCH_STREAM, 1, 0), (REEVALUATION_STREAM, 0, 0)]}
+    vals = {k: set(f.val.tolist()) for k, f in folds.items()}
+    assert len({frozenset(v) for v in vals.values()}) == 4  # every (stream, pack, fold) its own split
+    again = data.fold(0.2, split_entropy(0, SEARCH_STREAM, 0, 0))
+    assert set(again.val.tolist()) == vals[(SEARCH_STREAM, 0, 0)]  # and the same seed gives the same one
+    for f in folds.values():  # stratified: the labelled share of validation and training match
+        train = np.r_[f.train_positive, f.train_unlabelled]
+        assert abs(f.val_labelled.mean() - data.labelled[train].mean()) < 0.02
+    reevaluation = replace(PUPackPlan([None], 0.2, 0, CFG), stream=REEVALUATION_STREAM)
+    assert not {s for _, s in reevaluation.member_seeds()} & {s for _, s in PUPackPlan([None], 0.2, 0, CFG).member_seeds()}
+
+
+def test_a_candidate_identical_to_the_best_control_has_a_margin_of_exactly_zero(plan):
+    one_rung = replace(plan, rungs=[2])
+    state = run_pack(one_rung, 0, [candidate("pan", 0), candidate("naive", 1)])
+    margins = {i: r.details["margin"][0] for i, r in state.results.items()}
+    # Same folds, seeds, initial weights and batches as the controls: the paired difference
+    # with the best control is exactly 0 for its twin, and the other twin is below it.
+    assert max(margins.values()) == 0.0 and min(margins.values()) < 0.0
+    best_twin = max(margins, key=margins.get)
+    assert state.results[best_twin].details["sd"][0] == 0.0
+    control = state.results[best_twin].details["control"][0]
+    assert state.results[best_twin].details["metric"][0] == pytest.approx(control)
+
+
+def test_halving_keeps_the_best_share_and_tells_every_candidate(plan):
+    candidates = random_candidates(6) + [candidate("naive", 6)]
+    seen = []
+    state = run_pack(plan, 3, candidates, on_rung=lambda s, n: seen.append((s.rung, list(s.alive), dict(s.results))))
+    assert sorted(state.results) == list(range(7)) and state.finished
+    (_, alive1, results1), (_, alive2, _), (_, alive3, _) = seen
+    ranked = sorted((r for r in results1.values() if r.status == "ok"), key=lambda r: -r.fitness)
+    assert alive1 == [r.id for r in ranked[: int(np.ceil(0.5 * len(ranked)))]]  # the top half trains on
+    assert len(alive2) == int(np.ceil(0.5 * len(alive1))) and alive3 == []
+    for r in state.results.values():  # dropped candidates keep the result of the rung they reached
+        expected_rung = 0 if r.id not in alive1 else 1 if r.id not in alive2 else 2
+        assert r.status != "ok" or r.details["rung"] == expected_rung
+        assert r.status != "ok" or r.details["epochs"] == plan.rungs[r.details["rung"]]
+
+
+def test_compacting_a_population_keeps_each_members_training_exact():
+    table, _ = synthetic_pu_problem(SyntheticSpec(n_train=800, n_test=10))
+    data = PUData.from_table(table, 0.3, 0)
+    folds = [data.fold(0.2, split_entropy(0, 1, 0, f)) for f in range(2)]
+    losses = [taylor_point(n, 2) for n in ("pan", "naive", "pan")]
+
+    def population():
+        return build_population(Objective.taylor(losses), [5, 6, 7], data.dim, CFG, member_fold=[0, 1, 0])
+
+    tensors = TrainTensors.from_folds(data, folds, "taylor")
+    full, cut = population(), population()
+    for pop in (full, cut):
+        train_epoch(pop, tensors, CFG)
+    cut.select([2, 0])
+    for pop in (full, cut):
+        train_epoch(pop, tensors, CFG)
+    for w_full, w_cut in zip(full.selector.weights, cut.selector.weights):
+        torch.testing.assert_close(w_cut, w_full[[2, 0]])
+    assert cut.seeds == [7, 5] and cut.member_fold.tolist() == [0, 0]
+
+
+def test_a_selector_that_cannot_rank_is_rejected_before_training(plan):
+    names = exponents(2, "selector")
+    only_cu2 = np.zeros(num_coefficients(2))
+    only_cu2[len(exponents(2, "discriminator")) + names.index((0, 0, 0, 2))] = 1.0
+    assert not selector_can_rank(candidate(only_cu2, 0))
+    assert selector_can_rank(candidate("pan", 1)) and selector_can_rank(candidate("naive", 2))
+    state = run_pack(replace(plan, rungs=[1]), 0, [candidate(only_cu2, 0), candidate("naive", 1)])
+    assert state.results[0].status == "rejected" and state.results[0].fitness == DIVERGED_FITNESS
+    assert state.results[1].status == "ok"
+
+
+def test_a_pack_resumed_from_its_checkpoint_ends_exactly_where_an_uninterrupted_one_does(plan):
+    candidates = random_candidates(4, seed=1)
+    whole = run_pack(plan, 1, candidates)
+    saved = []
+
+    def checkpoint(state, rungs):  # what the Ray loop does: torch.save, later torch.load
+        if state.rung == 1:
+            buffer = io.BytesIO()
+            torch.save({"pack_state": state}, buffer)
+            saved.append(buffer.getvalue())
+
+    run_pack(plan, 1, candidates, on_rung=checkpoint)
+    resumed = run_pack(plan, 1, candidates, state=torch.load(io.BytesIO(saved[0]), weights_only=False)["pack_state"])
+    assert {i: r.fitness for i, r in resumed.results.items()} == {i: r.fitness for i, r in whole.results.items()}
+
+
+def test_several_data_sets_score_in_noise_units(plan):
+    two = replace(plan, datasets=plan.datasets * 2, priors=[None, None], rungs=[2])
+    state = run_pack(two, 0, random_candidates(3, seed=2))
+    for r in state.results.values():
+        if r.status == "ok":
+            margins, scales = np.array(r.details["margin"]), np.array(r.details["scale"])
+            assert len(margins) == 2 and (scales > 0).all() and (scales != 1.0).all()
+            assert r.fitness == pytest.approx(np.mean(margins / scales))
+
+
+def test_a_repeated_pack_resumes_its_checkpoint_only_when_it_holds_those_candidates():
+    """A pack re-dispatched for the one candidate whose result never reached the log reports the
+    result its finished checkpoint holds; an unfinished checkpoint of other members starts fresh."""
+    from trainers.boundary import CandidateResult
+    from trainers.loop import _pack_state
+
+    results = {i: CandidateResult(i, 0.1 * i, "ok") for i in range(3)}
+    finished = {"pack_state": PackState(rung=2, alive=[], results=dict(results))}
+    assert _pack_state(finished, [0, 1, 2]) is finished["pack_state"]
+    again = _pack_state(finished, [2])
+    assert again.finished and list(again.results) == [2] and again.results[2].fitness == pytest.approx(0.2)
+    midway = {"pack_state": PackState(rung=1, alive=[1, 2], results={0: results[0]})}
+    assert _pack_state(midway, [0, 1, 2]) is midway["pack_state"]
+    assert _pack_state(midway, [2]) is None  # other members' populations: start fresh
+    assert _pack_state(None, [2]) is None

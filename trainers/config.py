@@ -1,0 +1,134 @@
+"""The recipes' configurations, as plain dataclasses: no torch, no Ray, so the command line
+can be built from them instantly (``lossforge --help``) and they can cross the Ray boundary.
+
+Each field's ``metadata`` carries its ``--help`` text (and, where useful, ``choices`` or
+``cli=False`` for fields that are not command-line options). The command line is derived from
+these fields (``search.options.add_dataclass_options``), so an option is written down once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainers.errors import UsageError
+
+PU_FITNESS = ("pu_auc", "pu_pauc", "lee_liu", "pu_accuracy", "pu_f1")
+TRUTH_FITNESS = ("truth_val_f1",)
+FITNESS_NEEDS_PRIOR = ("pu_accuracy", "pu_f1")
+DEFAULT_FITNESS = "pu_auc"
+PREFERENCE_MODES = ("encoder", "causal")
+
+
+def opt(default=None, help: str = "", **cli):
+    """A config field with its command-line help; ``cli=False`` keeps it off the command line."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
+
+
+def _cuda_check(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch  # only when a GPU is asked for: the config itself stays light
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but torch sees no CUDA device")
+
+
+
+@dataclass
+class PUConfig:
+    loss: str = opt("pan", "naive|oracle|upu|nnpu|vpu|pan, a Taylor loss .json, or zoo:NAME")
+    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled (SCAR)")
+    prior: float | None = opt(None, "class prior for upu/nnpu (benchmark data: the truth)")
+    seed: int = opt(0, "PU labelling, validation split, initial weights and batch order")
+    epochs: int = opt(30, "training epochs (the epoch with the best validation fitness is kept)")
+    batch_size: int = opt(256, "pairs of (labelled, unlabelled) points per step")
+    lr: float = opt(1e-3, "AdamW learning rate")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    hidden: int = opt(256, "MLP width")
+    depth: int = opt(2, "MLP hidden layers (0: a linear model)")
+    dropout: float = opt(0.0, "dropout between hidden layers")
+    val_frac: float = opt(0.2, "share of labelled and of unlabelled points held out for validation")
+    fitness: str = opt(DEFAULT_FITNESS, "validation fitness (PU information only)", choices=PU_FITNESS + TRUTH_FITNESS)
+    # Keep the epoch with the best PU validation fitness (labelled vs unlabelled only), as
+    # early stopping would; without it, methods that overfit the few labelled positives
+    # (VPU, PAN) are judged on their collapsed last epoch.
+    select_epoch: bool = opt(True, cli=False)
+    device: str = opt("cpu", "cpu or cuda")
+    # method hyper-parameters
+    pan_lambda: float = opt(0.1, "PAN's game weight (chosen by PU validation fitness on the default problem)")
+    nnpu_beta: float = opt(0.0, "nnPU's beta", cli=False)
+    nnpu_gamma: float = opt(1.0, "nnPU's gamma", cli=False)
+    vpu_alpha: float = opt(0.3, "VPU's MixUp Beta(alpha, alpha)", cli=False)
+    vpu_lambda: float = opt(0.03, "VPU's MixUp weight", cli=False)
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError("--epochs and --batch-size must be at least 1")
+        if self.prior is not None and not 0.0 < self.prior < 1.0:
+            raise UsageError(f"--prior must be in (0, 1), got {self.prior}")
+        if not 0.0 < self.labelled_frac <= 1.0:
+            raise UsageError(f"--labelled-frac must be in (0, 1], got {self.labelled_frac}")
+        if not 0.0 < self.val_frac < 1.0:
+            raise UsageError(f"--val-frac must be in (0, 1), got {self.val_frac}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.hidden >= 1 and self.depth >= 0 and 0 <= self.dropout < 1):
+            raise UsageError("need --lr > 0, --weight-decay >= 0, --hidden >= 1, --depth >= 0 and 0 <= --dropout < 1")
+        if self.fitness not in PU_FITNESS + TRUTH_FITNESS:
+            raise UsageError(f"unknown fitness {self.fitness!r}; choose from {PU_FITNESS} (PU-only) or {TRUTH_FITNESS}")
+        _cuda_check(self.device)
+
+
+@dataclass
+class DPOConfig:
+    mode: str = opt("encoder", "encoder: a scalar head on a mean-pooled encoder; causal: log pi(y|x) of a causal LM",
+                    choices=PREFERENCE_MODES)
+    model: str | None = opt(None, "local Hugging Face model folder (default: a tiny built-in model)")
+    loss: str = opt("dpo", "dpo|soft|robust|ipo|hinge|bt or a preference Taylor .json")
+    # None: 0.1 in causal mode (the DPO paper's), 1.0 in encoder mode, where the reference scores
+    # are all 0 and beta only sets the scale of the head's output (0.1 learnt ~3x slower there).
+    beta: float | None = opt(None, "default 1.0 in encoder mode, 0.1 in causal mode")
+    epochs: int = opt(3, "training epochs (the best validation epoch is kept)")
+    batch_size: int = opt(16, "pairs per step")
+    # None: 1e-3 for the built-in tiny model (random weights), 3e-5 for a pretrained --model.
+    lr: float | None = opt(None, "default 1e-3 for the built-in model, 3e-5 for --model")
+    head_lr: float = opt(1e-3, "encoder mode: the zero-initialised head's learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    max_length: int = opt(128, "tokens per prompt+response; longer ones are truncated")
+    max_prompt_length: int = opt(48, "the prompt keeps its last tokens")
+    max_pairs: int | None = opt(None, "train on a seeded sample of at most this many pairs")
+    val_frac: float = opt(0.1, "share of prompts held out for validation")
+    seed: int = opt(0, "split, sample, initial head and batch order")
+    robust_epsilon: float = opt(0.1, "label-flip rate for --loss robust")
+    grad_clip: float = opt(1.0, "gradient norm clip (0: off)", cli=False)
+    eval_batch_size: int = opt(64, "pairs per scoring batch", cli=False)
+    device: str = opt("cpu", "cpu or cuda", cli=False)
+
+    def validate(self) -> None:
+        if self.mode not in PREFERENCE_MODES:
+            raise UsageError(f"--mode must be one of {PREFERENCE_MODES}, got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError("--epochs and --batch-size must be at least 1")
+        if self.beta is not None and not self.beta > 0:
+            raise UsageError(f"--beta must be positive, got {self.beta}")
+        if self.lr is not None and not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.max_prompt_length < 0 or self.max_length < self.max_prompt_length + 4:
+            raise UsageError("--max-length must exceed --max-prompt-length (>= 0) by at least 4 tokens")
+        if self.max_pairs is not None and self.max_pairs < 2:
+            raise UsageError(f"--max-pairs must be at least 2, got {self.max_pairs}")
+        if not 0.0 < self.val_frac < 1.0:
+            raise UsageError(f"--val-frac must be in (0, 1), got {self.val_frac}")
+        if not 0.0 <= self.robust_epsilon < 0.5:
+            raise UsageError(f"--robust-epsilon must be in [0, 0.5), got {self.robust_epsilon}")
+        _cuda_check(self.device)
+        from trainers.dpo import resolve_preference_loss  # a loss file is read here, not in a worker
+
+        resolve_preference_loss(self.loss)
+
+    @property
+    def effective_beta(self) -> float:
+        """beta, resolved."""
+        return self.beta if self.beta is not None else (1.0 if self.mode == "encoder" else 0.1)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.model is None else 3e-5)
