@@ -167,14 +167,11 @@ def add_search(sub) -> None:
 
 
 def search_options(args) -> SearchOptions:
+    from search.tasks import get_task
+
     opts = options_from_args(args)
     if getattr(args, "smoke_test", False):
-        opts = replace(opts, budget=min(opts.budget, 8), pack=min(opts.pack or 4, 4))
-        if opts.task == "pu":
-            opts = replace(opts, epochs=2, task_options=replace(opts.task_options, rungs=[1], reevaluate=2,
-                                                                reevaluation_folds=2, reevaluation_seeds=1))
-        else:
-            opts = replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600))
+        opts = get_task(opts.task).smoke(replace(opts, budget=min(opts.budget, 8), pack=min(opts.pack or 4, 4)))
     return opts
 
 

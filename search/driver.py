@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from trainers.errors import DataError, UsageError
-from trainers.files import read_json, write_json
+from trainers.files import check_writable_folder, read_json, write_json
 
 # Ray Train blocks each report after the first for about this health-check interval (2 s by
 # default); packs report once per rung or epoch, so a short interval saves seconds per trial.
@@ -70,23 +70,10 @@ def start_run(
     return spec, inputs
 
 
-def check_writable_folder(path: Path) -> None:
-    """A folder can be created (or is one) here: no regular file on the way."""
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"cannot create {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):
-                raise UsageError(f"cannot write under {parent} (permission denied)")
-            return
-
-
 def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
     """An output file path that is safe to write: not one of the inputs (nor inside one), not a
     folder, not under a file, with a known suffix, and not an existing file without ``overwrite``."""
     target = Path(out).expanduser()
-    if suffixes and target.suffix.lower() not in suffixes:
-        raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
     resolved = target.resolve()
     for given in inputs:
         source = Path(given).expanduser().resolve()
@@ -94,6 +81,8 @@ def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool
             raise UsageError(f"--out {out} is an input of this command ({given}); refusing to overwrite it")
     if target.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file path")
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
     if target.exists() and not overwrite:
         raise UsageError(f"--out {out} already exists; add --overwrite to replace it")
     check_writable_folder(resolved.parent)

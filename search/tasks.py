@@ -43,6 +43,10 @@ class Task:
     def validate(self, opts: SearchOptions) -> None:
         """Task-specific checks (the common ones are SearchOptions.validate_common)."""
 
+    def smoke(self, opts: SearchOptions) -> SearchOptions:
+        """``--smoke-test``: the task's settings for a run of about a minute."""
+        raise NotImplementedError
+
     def read_inputs(self, opts: SearchOptions) -> TaskInputs:
         raise NotImplementedError
 
@@ -109,6 +113,10 @@ class PUTask(Task):
                 raise UsageError(f"--controls: no hand-made loss {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
         if len(opts.train) > 1 and o.folds * o.seeds_per_candidate < 2:
             raise UsageError("a multi-data-set search puts margins in noise units: it needs --folds x --seeds-per-candidate >= 2")
+
+    def smoke(self, opts: SearchOptions) -> SearchOptions:
+        small = replace(opts.task_options, rungs=[1], reevaluate=2, reevaluation_folds=2, reevaluation_seeds=1)
+        return replace(opts, epochs=2, task_options=small)
 
     def read_inputs(self, opts: SearchOptions) -> TaskInputs:
         """Read every training set (and test set) now: a bad file fails before anything is written."""
@@ -213,6 +221,9 @@ class PreferenceTask(Task):
         if len(opts.train) > 1:
             raise UsageError("--task dpo takes one --train")
         self.dpo_config(opts).validate()
+
+    def smoke(self, opts: SearchOptions) -> SearchOptions:
+        return replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600))
 
     def read_inputs(self, opts: SearchOptions) -> TaskInputs:
         from trainers.data.pairs import read_pairs

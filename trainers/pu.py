@@ -328,7 +328,9 @@ def _epoch_indices(pop: Population, data: TrainTensors, batch_size: int) -> tupl
 def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: torch.Tensor | None, cfg: PUConfig) -> torch.Tensor:
     """The per-member objective ``[K]`` for one batch of pairs ``xp, xu: [K, B, dim]``."""
     obj, C, D = pop.objective, pop.selector, pop.discriminator
-    zc_p, zc_u = C(xp), C(xu)
+    b = xp.shape[1]
+    both = torch.cat([xp, xu], dim=1)  # one pass per network over both sides: fewer, larger matmuls
+    zc_p, zc_u = C(both).split(b, dim=1)
     if obj.method in ("naive", "oracle"):
         return naive_loss(zc_p, zc_u)
     if obj.method == "upu":
@@ -342,7 +344,7 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
         return vpu_loss(zc_p, zc_u, C(mu * xp + (1 - mu) * xu), log_target, cfg.vpu_lambda)
     # The game: simultaneous updates. Each player's loss sees the other's outputs detached,
     # so one backward pass gives D the gradient of L_D and C the gradient of L_C.
-    zd_p, zd_u = D(xp), D(xu)
+    zd_p, zd_u = D(both).split(b, dim=1)
     if obj.method == "pan":
         loss_d, _ = pan_losses(zd_p, zd_u, zc_u.detach(), cfg.pan_lambda)
         _, loss_c = pan_losses(zd_p.detach(), zd_u.detach(), zc_u, cfg.pan_lambda)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainers.data.shards import DataError, list_shards, read_records
+from trainers.errors import UsageError
 
 PAIR_FORMS = "'prompt','chosen','rejected' or 'instruction'/'prompt','output_a','output_b' with 'label' or 'p_a'"
 # "Length-controlled" pairs: the longer response is under 1.5x the shorter (in characters). On
@@ -143,14 +144,14 @@ def split_by_prompt(pairs: PreferencePairs, val_frac: float, seed: int) -> tuple
     """A deterministic (train, validation) split that keeps every prompt on one side, so the
     validation agreement measures judging new prompts, not new answers to seen ones."""
     if not 0.0 < val_frac < 1.0:
-        raise ValueError(f"--val-frac must be in (0, 1), got {val_frac}")
+        raise UsageError(f"--val-frac must be in (0, 1), got {val_frac}")
     prompts = sorted(set(pairs.prompt))
     if len(prompts) < 2:
         # One prompt (or none, e.g. HH-style data): split pairs instead.
         order = np.random.default_rng(seed).permutation(len(pairs))
         n_val = max(1, int(round(val_frac * len(pairs))))
         if n_val >= len(pairs):
-            raise ValueError(f"{pairs.source}: {len(pairs)} pair(s) are too few to hold out a validation split")
+            raise DataError(pairs.source, f"{len(pairs)} pair(s) are too few to hold out a validation split")
         return pairs.take(np.sort(order[n_val:])), pairs.take(np.sort(order[:n_val]))
     rng = np.random.default_rng(seed)
     shuffled = [prompts[i] for i in rng.permutation(len(prompts))]

@@ -14,6 +14,7 @@ are truncated, never dropped; the count is reported.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,6 +252,7 @@ def load_scoring_model(folder: str | Path) -> tuple[nn.Module, object, dict]:
     if isinstance(model, EncoderScorer):
         try:
             model.head.load_state_dict(torch.load(folder / HEAD_FILE, map_location="cpu"))
-        except (OSError, RuntimeError, EOFError) as err:
-            raise DataError(folder / HEAD_FILE, f"cannot load the scorer's head: {str(err).splitlines()[0]}") from None
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(folder / HEAD_FILE, f"cannot load the scorer's head (damaged or not a torch file): {first}") from None
     return model, tokenizer, meta

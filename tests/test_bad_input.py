@@ -1,0 +1,453 @@
+"""The bad-input corpus: every command, fed malformed or hostile input, answers with exit 2 and
+one line naming the file and column (or the option), prints no traceback, and creates or
+changes no file -- neither its inputs nor an existing results folder (checksums before/after).
+
+Each case is (id, argv, words the message must contain); ``{W}`` is the world's root folder.
+None of them may start Ray: every check runs before anything is written or started.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_embeddings
+from test_data import _bad_cases
+
+from search.cli import main
+from search.evaluations import EvaluationLog
+from search.options import SearchOptions
+
+X = np.random.default_rng(1).normal(size=(60, 16)).astype(np.float32)
+LABEL = (np.arange(60) % 3 == 0).astype(np.int8)
+PAIRS = [{"instruction": f"q{i % 7}", "output_a": "a b c", "output_b": "a b", "label": i % 2} for i in range(40)]
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _not_ray_server() -> int:
+    """An HTTP server that answers 404 to everything: a wrong --address, not a Ray dashboard."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_error(404)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+def _tiny_bert(folder: Path) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    return folder
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _scorer(folder: Path) -> Path:
+    from trainers.config import DPOConfig
+    from trainers.dpo import build_model, save_scorer
+
+    cfg = DPOConfig()
+    model, _, _ = build_model(cfg)
+    save_scorer(folder, cfg, model.state_dict(), "dpo")
+    return folder
+
+
+def _search_folder(root: Path, name: str) -> Path:
+    """A finished (fake) search folder: its spec and a log of 2 asks and 2 tells."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "search.json").write_text(json.dumps(SearchOptions(name=name, storage=str(root), budget=2).to_dict()))
+    log = EvaluationLog(folder)
+    for i in range(2):
+        log.append(event="ask", id=i, pack=0, vector=[0.0] * 22, source="optimizer")
+    for i in range(2):
+        log.append(event="tell", id=i, pack=0, fitness=0.0, status="ok", details={})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    (root / "cwd").mkdir()
+    d = root / "data"
+    write_embeddings(d / "good" / "a.parquet", X[:30], label=LABEL[:30])
+    write_embeddings(d / "good" / "b.parquet", X[30:], label=LABEL[30:])
+    write_embeddings(d / "test.parquet", X, label=LABEL)
+    write_embeddings(d / "test8.parquet", X[:, :8], label=LABEL)
+    write_embeddings(d / "nolabel_test.parquet", X, labelled=LABEL)
+    write_embeddings(d / "allpos.parquet", X, labelled=LABEL, label=np.ones(60, np.int8))
+    (d / "bad").mkdir()
+    bad = _bad_cases(d / "bad")
+    (d / "renamed.parquet").write_text("text,label\nhello,1\n")  # a CSV renamed .parquet
+    losses = root / "losses"
+    losses.mkdir()
+    (losses / "list.json").write_text("[1, 2]")
+    (losses / "null.json").write_text("null")
+    (losses / "corrupt.json").write_text('{"family": "taylor", "order": ')
+    (losses / "latin1.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    (losses / "noorder.json").write_text('{"family": "taylor", "selector": {"c_p": 1.0}}')
+    (losses / "badterm.json").write_text('{"family": "taylor", "order": 2, "selector": {"x_q": 1.0}}')
+    (losses / "wrongfamily.json").write_text('{"family": "preference-taylor", "order": 2, "coefficients": {}}')
+    (losses / "highorder.json").write_text('{"family": "taylor", "order": 9}')
+    (losses / "folder.json").mkdir()
+    pairs = root / "pairs"
+    pairs.mkdir()
+    _jsonl(pairs / "good.jsonl", PAIRS)
+    _jsonl(pairs / "label3.jsonl", [{**PAIRS[0], "label": 3}])
+    _jsonl(pairs / "nolabel.jsonl", [{k: v for k, v in PAIRS[0].items() if k != "label"}])
+    _jsonl(pairs / "noprompt.jsonl", [{k: v for k, v in PAIRS[0].items() if k != "instruction"}])
+    _jsonl(pairs / "blank.jsonl", [{**PAIRS[0], "output_b": "  "}])
+    _jsonl(pairs / "half.jsonl", [{"prompt": "q", "chosen": "a"}])
+    (pairs / "empty.jsonl").write_text("")
+    (pairs / "notjson.jsonl").write_text("{nope\n")
+    (pairs / "pairs.txt").write_text("hello")
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "chosen": pa.array([], pa.string()),
+                             "rejected": pa.array([], pa.string())}), pairs / "norows.parquet")
+    (pairs / "renamed.parquet").write_text("prompt,chosen,rejected\nq,a,b\n")
+    _jsonl(pairs / "one.jsonl", [PAIRS[0]])
+    models = root / "models"
+    bert = _tiny_bert(models / "bert")
+    (models / "empty").mkdir()
+    (models / "noweights").mkdir()
+    (models / "noweights" / "config.json").write_text((bert / "config.json").read_text())
+    torn = _copy_model(bert, models / "torn")
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    nottype = _copy_model(bert, models / "notype")
+    (nottype / "config.json").write_text("{}")
+    scorers = root / "scorers"
+    _scorer(scorers / "ok")
+    for name in ("corrupt", "nofield", "torn", "badhead", "nomode"):
+        _copy_model(scorers / "ok", scorers / name)
+    (scorers / "corrupt" / "scorer.json").write_text("{oops")
+    meta = json.loads((scorers / "ok" / "scorer.json").read_text())
+    (scorers / "nofield" / "scorer.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "max_length"}))
+    (scorers / "nomode" / "scorer.json").write_text(json.dumps({**meta, "mode": "sideways"}))
+    torn_weights = scorers / "torn" / "model.safetensors"
+    torn_weights.write_bytes(torn_weights.read_bytes()[:100])
+    (scorers / "badhead" / "head.pt").write_bytes(b"not a torch file")
+    texts = root / "texts"
+    texts.mkdir()
+    (texts / "good.csv").write_text("text\nhello there\nsecond one\n")
+    (texts / "notext.csv").write_text("body\nhello\n")
+    (texts / "blank.csv").write_text('text\nhello\n""\n')
+    (texts / "empty.csv").write_text("text\n")
+    write_embeddings(texts / "hasemb.parquet", X[:2], text=pa.array(["a", "b"]))
+    (root / "out").mkdir()
+    (root / "out" / "exists.json").write_text("{}")
+    (root / "out" / "exists.parquet").write_bytes(b"keep me")
+    (root / "out" / "full").mkdir()
+    (root / "out" / "full" / "keep.txt").write_text("mine")
+    (root / "out" / "afile").write_text("a regular file")
+    (root / "out" / "dporun").mkdir()
+    (root / "out" / "dporun" / "run.json").write_text("{}")
+    results = root / "results"
+    _search_folder(results, "done")
+    corrupt = _search_folder(results, "torn-inside")
+    lines = (corrupt / "evaluations.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:15]
+    (corrupt / "evaluations.jsonl").write_text("\n".join(lines) + "\n")
+    _search_folder(results, "badspec")
+    (results / "badspec" / "search.json").write_text("{broken")
+    _search_folder(results, "listspec")
+    (results / "listspec" / "search.json").write_text("[]")
+    return {"root": root, "bad": {k: str(v[0]) for k, v in bad.items()}, "bad_columns": {k: v[1] for k, v in bad.items()},
+            "port_closed": _free_port(), "port_404": _not_ray_server()}
+
+
+# -- the corpus -----------------------------------------------------------------------------------------
+
+PU_DATA = [  # the malformed-data cases of tests/test_data.py, by name
+    "missing embedding", "missing labels", "ragged", "mixed dimensions", "nan", "inf", "no labelled positives",
+    "no positives at all", "labels not 0/1", "null label", "string embedding", "no rows", "empty file", "truncated",
+    "unreadable path", "folder without shards", "glob matching nothing", "shards disagree on columns",
+]
+D = "{W}/data/good"
+R = "{W}/results"
+S = ["--storage", R]
+
+
+def corpus() -> list[tuple[str, list[str], list[str]]]:
+    cases = []
+    for name in PU_DATA:
+        cases.append((f"train-pu --train {name}", ["train-pu", "--train", f"<bad:{name}>", "--epochs", "1"], [f"<bad:{name}>"]))
+        cases.append((f"search --train {name}", ["search", "--name", "x", *S, "--train", f"<bad:{name}>"], [f"<bad:{name}>"]))
+        cases.append((f"train-pu --test {name}", ["train-pu", "--train", D, "--test", f"<bad:{name}>", "--epochs", "1"],
+                      [f"<bad:{name}>"]))
+    cases += [
+        ("train-pu CSV renamed .parquet", ["train-pu", "--train", "{W}/data/renamed.parquet"], ["renamed.parquet", "Parquet"]),
+        ("train-pu test lacks the truth", ["train-pu", "--train", D, "--test", "{W}/data/nolabel_test.parquet"], ["nolabel_test", "'label'"]),
+        ("train-pu test of another dimension", ["train-pu", "--train", D, "--test", "{W}/data/test8.parquet"], ["test8", "dimension"]),
+        ("train-pu --test without --train", ["train-pu", "--test", "{W}/data/test.parquet"], ["--test needs --train"]),
+        ("train-pu --epochs 0", ["train-pu", "--epochs", "0"], ["--epochs"]),
+        ("train-pu --batch-size 0", ["train-pu", "--batch-size", "0"], ["--batch-size"]),
+        ("train-pu --prior 1.5", ["train-pu", "--prior", "1.5"], ["--prior"]),
+        ("train-pu --prior 0", ["train-pu", "--prior", "0"], ["--prior"]),
+        ("train-pu --labelled-frac 0", ["train-pu", "--labelled-frac", "0"], ["--labelled-frac"]),
+        ("train-pu --labelled-frac 1.5", ["train-pu", "--labelled-frac", "1.5"], ["--labelled-frac"]),
+        ("train-pu --val-frac 1", ["train-pu", "--val-frac", "1"], ["--val-frac"]),
+        ("train-pu --lr 0", ["train-pu", "--lr", "0"], ["--lr"]),
+        ("train-pu --hidden 0", ["train-pu", "--hidden", "0"], ["--hidden"]),
+        ("train-pu --dropout 1", ["train-pu", "--dropout", "1"], ["--dropout"]),
+        ("train-pu --fitness bogus", ["train-pu", "--fitness", "bogus"], ["--fitness"]),
+        ("train-pu --epochs x", ["train-pu", "--epochs", "x"], ["--epochs"]),
+        ("train-pu --device cuda", ["train-pu", "--device", "cuda", "--epochs", "1"], ["--device cuda"]),
+        ("train-pu upu without a prior", ["train-pu", "--train", "{W}/data/nolabel_test.parquet", "--loss", "upu"], ["--prior"]),
+        ("train-pu --loss nope", ["train-pu", "--loss", "nope"], ["unknown loss 'nope'"]),
+        ("train-pu --loss zoo:nope", ["train-pu", "--loss", "zoo:nope"], ["zoo:nope", "zoo:pu-taylor-v1"]),
+        ("train-pu --loss missing.json", ["train-pu", "--loss", "{W}/losses/missing.json"], ["missing.json", "no such"]),
+        ("train-pu --loss a folder named .json", ["train-pu", "--loss", "{W}/losses/folder.json"], ["folder.json", "is a folder"]),
+        ("train-pu --loss a JSON list", ["train-pu", "--loss", "{W}/losses/list.json"], ["list.json", "not an object"]),
+        ("train-pu --loss JSON null", ["train-pu", "--loss", "{W}/losses/null.json"], ["null.json", "not an object"]),
+        ("train-pu --loss corrupt JSON", ["train-pu", "--loss", "{W}/losses/corrupt.json"], ["corrupt.json", "invalid JSON"]),
+        ("train-pu --loss not UTF-8", ["train-pu", "--loss", "{W}/losses/latin1.json"], ["latin1.json", "UTF-8"]),
+        ("train-pu --loss without order", ["train-pu", "--loss", "{W}/losses/noorder.json"], ["noorder.json", "field 'order'"]),
+        ("train-pu --loss unknown variable", ["train-pu", "--loss", "{W}/losses/badterm.json"], ["badterm.json", "x_q"]),
+        ("train-pu --loss of another family", ["train-pu", "--loss", "{W}/losses/wrongfamily.json"], ["wrongfamily.json", "family"]),
+        ("train-pu --loss order 9", ["train-pu", "--loss", "{W}/losses/highorder.json"], ["highorder.json", "order"]),
+        ("train-pu --out is --train", ["train-pu", "--train", "{W}/data/test.parquet", "--out", "{W}/data/test.parquet"],
+         ["--out", "input"]),
+        ("train-pu --out inside --train", ["train-pu", "--train", D, "--out", "{W}/data/good/r.json"], ["--out", "input"]),
+        ("train-pu --out exists", ["train-pu", "--out", "{W}/out/exists.json"], ["exists.json", "--overwrite"]),
+        ("train-pu --out a folder", ["train-pu", "--out", "{W}/out/full"], ["full", "folder"]),
+        ("train-pu --out under a file", ["train-pu", "--out", "{W}/out/afile/r.json"], ["afile", "is a file"]),
+        ("train-pu --out not .json", ["train-pu", "--out", "{W}/out/r.txt"], ["r.txt", ".json"]),
+        # search
+        ("search --name ../escape", ["search", "--name", "../escape", *S], ["--name"]),
+        ("search --name a/b", ["search", "--name", "a/b", *S], ["--name"]),
+        ("search --name .hidden", ["search", "--name", ".hidden", *S], ["--name"]),
+        ("search an existing name", ["search", "--name", "done", *S], ["done", "resume"]),
+        ("search --budget 0", ["search", "--name", "x", *S, "--budget", "0"], ["--budget"]),
+        ("search --pack 0", ["search", "--name", "x", *S, "--pack", "0"], ["--pack"]),
+        ("search --pack many", ["search", "--name", "x", *S, "--pack", "many"], ["--pack"]),
+        ("search --epochs 0", ["search", "--name", "x", *S, "--epochs", "0"], ["--epochs"]),
+        ("search --concurrency 0", ["search", "--name", "x", *S, "--concurrency", "0"], ["--concurrency"]),
+        ("search --workers-per-trial 0", ["search", "--name", "x", *S, "--workers-per-trial", "0"], ["--workers-per-trial"]),
+        ("search --gpus-per-worker -1", ["search", "--name", "x", *S, "--gpus-per-worker", "-1"], ["--gpus-per-worker"]),
+        ("search --max-failures -1", ["search", "--name", "x", *S, "--max-failures", "-1"], ["--max-failures"]),
+        ("search --optimizer typo", ["search", "--name", "x", *S, "--optimizer", "TwoPointDE"], ["TwoPointDE", "did you mean"]),
+        ("search --order 7", ["search", "--name", "x", *S, "--order", "7"], ["order"]),
+        ("search --order 0", ["search", "--name", "x", *S, "--order", "0"], ["order"]),
+        ("search --seed-losses bogus", ["search", "--name", "x", *S, "--seed-losses", "pan,bogus"], ["bogus"]),
+        ("search --labelled-frac 0 (built-in data)", ["search", "--name", "x", *S, "--labelled-frac", "0"], ["--labelled-frac"]),
+        ("search --fitness bogus", ["search", "--name", "x", *S, "--fitness", "bogus"], ["bogus"]),
+        ("search --folds 0", ["search", "--name", "x", *S, "--folds", "0"], ["--folds"]),
+        ("search --keep 0", ["search", "--name", "x", *S, "--keep", "0"], ["--keep"]),
+        ("search --rungs 3,1", ["search", "--name", "x", *S, "--rungs", "3,1"], ["--rungs"]),
+        ("search --controls bogus", ["search", "--name", "x", *S, "--controls", "pan,bogus"], ["--controls", "bogus"]),
+        ("search --reevaluate -1", ["search", "--name", "x", *S, "--reevaluate", "-1"], ["--reevaluate"]),
+        ("search --task bogus", ["search", "--name", "x", *S, "--task", "bogus"], ["--task"]),
+        ("search a pu option with --task dpo", ["search", "--name", "x", *S, "--task", "dpo", "--folds", "3"],
+         ["--folds", "--task pu"]),
+        ("search a dpo option with --task pu", ["search", "--name", "x", *S, "--mode", "causal"], ["--mode", "--task dpo"]),
+        ("search --test without --train", ["search", "--name", "x", *S, "--test", "{W}/data/test.parquet"], ["--test"]),
+        ("search two --train, one --test", ["search", "--name", "x", *S, "--train", D, "--train", D, "--test",
+                                            "{W}/data/test.parquet"], ["--test", "--train"]),
+        ("search test of another dimension", ["search", "--name", "x", *S, "--train", D, "--test", "{W}/data/test8.parquet"],
+         ["test8", "dimension"]),
+        ("search pu_f1 without a prior", ["search", "--name", "x", *S, "--train", "{W}/data/nolabel_test.parquet",
+                                          "--fitness", "pu_f1"], ["--prior"]),
+        ("search --task dpo two --train", ["search", "--name", "x", *S, "--task", "dpo", "--train", "{W}/pairs/good.jsonl",
+                                           "--train", "{W}/pairs/good.jsonl"], ["one --train"]),
+        ("search --task dpo bad pairs", ["search", "--name", "x", *S, "--task", "dpo", "--train", "{W}/pairs/label3.jsonl"],
+         ["label3.jsonl", "'label'"]),
+        ("search --task dpo --model missing", ["search", "--name", "x", *S, "--task", "dpo", "--model", "{W}/models/nowhere"],
+         ["nowhere", "--model"]),
+        ("resume a search that never ran", ["resume", "never", *S], ["never", "search.json"]),
+        ("resume ../escape", ["resume", "../escape", *S], ["--name"]),
+        ("resume a log with a corrupt interior line", ["resume", "torn-inside", *S], ["evaluations.jsonl", "line 2"]),
+        ("resume a corrupt search.json", ["resume", "badspec", *S], ["search.json", "invalid JSON"]),
+        ("resume a search.json that is a list", ["resume", "listspec", *S], ["search.json", "not an object"]),
+        ("report a search that never ran", ["report", "never", *S], ["never", "search.json"]),
+        ("report ../escape", ["report", "../escape", *S], ["--name"]),
+        # train-dpo
+        ("train-dpo labels outside [0, 1]", ["train-dpo", "--train", "{W}/pairs/label3.jsonl", "--out", "{W}/out/d1"],
+         ["label3.jsonl", "'label'"]),
+        ("train-dpo no label column", ["train-dpo", "--train", "{W}/pairs/nolabel.jsonl", "--out", "{W}/out/d1"],
+         ["nolabel.jsonl", "'label'"]),
+        ("train-dpo no prompt column", ["train-dpo", "--train", "{W}/pairs/noprompt.jsonl", "--out", "{W}/out/d1"],
+         ["noprompt.jsonl", "'instruction'"]),
+        ("train-dpo a blank answer", ["train-dpo", "--train", "{W}/pairs/blank.jsonl", "--out", "{W}/out/d1"],
+         ["blank.jsonl", "'output_b'"]),
+        ("train-dpo chosen without rejected", ["train-dpo", "--train", "{W}/pairs/half.jsonl", "--out", "{W}/out/d1"],
+         ["half.jsonl", "'rejected'"]),
+        ("train-dpo an empty file", ["train-dpo", "--train", "{W}/pairs/empty.jsonl", "--out", "{W}/out/d1"], ["empty.jsonl"]),
+        ("train-dpo not JSON lines", ["train-dpo", "--train", "{W}/pairs/notjson.jsonl", "--out", "{W}/out/d1"],
+         ["notjson.jsonl", "JSON"]),
+        ("train-dpo unknown file type", ["train-dpo", "--train", "{W}/pairs/pairs.txt", "--out", "{W}/out/d1"],
+         ["pairs.txt", "file type"]),
+        ("train-dpo no rows", ["train-dpo", "--train", "{W}/pairs/norows.parquet", "--out", "{W}/out/d1"],
+         ["norows.parquet", "no rows"]),
+        ("train-dpo CSV renamed .parquet", ["train-dpo", "--train", "{W}/pairs/renamed.parquet", "--out", "{W}/out/d1"],
+         ["renamed.parquet"]),
+        ("train-dpo too few pairs", ["train-dpo", "--train", "{W}/pairs/one.jsonl", "--out", "{W}/out/d1"], ["one.jsonl", "too few"]),
+        ("train-dpo bad test pairs", ["train-dpo", "--train", "{W}/pairs/good.jsonl", "--test", "{W}/pairs/label3.jsonl",
+                                      "--out", "{W}/out/d1"], ["label3.jsonl", "'label'"]),
+        ("train-dpo --test without --train", ["train-dpo", "--test", "{W}/pairs/good.jsonl", "--out", "{W}/out/d1"], ["--test"]),
+        ("train-dpo --model nonexistent", ["train-dpo", "--model", "{W}/models/nowhere", "--out", "{W}/out/d1"],
+         ["nowhere", "--model"]),
+        ("train-dpo --model an empty folder", ["train-dpo", "--model", "{W}/models/empty", "--out", "{W}/out/d1"],
+         ["empty", "config.json"]),
+        ("train-dpo --model without weights", ["train-dpo", "--model", "{W}/models/noweights", "--out", "{W}/out/d1"],
+         ["noweights", "weights"]),
+        ("train-dpo --model with torn weights", ["train-dpo", "--model", "{W}/models/torn", "--out", "{W}/out/d1"],
+         ["torn"]),
+        ("train-dpo --model config without a type", ["train-dpo", "--model", "{W}/models/notype", "--out", "{W}/out/d1"],
+         ["notype", "model_type"]),
+        ("train-dpo --loss kto", ["train-dpo", "--loss", "kto", "--out", "{W}/out/d1"], ["unknown loss 'kto'"]),
+        ("train-dpo --loss a JSON list", ["train-dpo", "--loss", "{W}/losses/list.json", "--out", "{W}/out/d1"], ["list.json"]),
+        ("train-dpo --beta 0", ["train-dpo", "--beta", "0", "--out", "{W}/out/d1"], ["--beta"]),
+        ("train-dpo --epochs 0", ["train-dpo", "--epochs", "0", "--out", "{W}/out/d1"], ["--epochs"]),
+        ("train-dpo --lr -1", ["train-dpo", "--lr", "-1", "--out", "{W}/out/d1"], ["--lr"]),
+        ("train-dpo --max-length too short", ["train-dpo", "--max-length", "10", "--out", "{W}/out/d1"], ["--max-length"]),
+        ("train-dpo --val-frac 0", ["train-dpo", "--val-frac", "0", "--out", "{W}/out/d1"], ["--val-frac"]),
+        ("train-dpo --robust-epsilon 0.6", ["train-dpo", "--robust-epsilon", "0.6", "--out", "{W}/out/d1"], ["--robust-epsilon"]),
+        ("train-dpo --max-pairs 1", ["train-dpo", "--max-pairs", "1", "--out", "{W}/out/d1"], ["--max-pairs"]),
+        ("train-dpo --mode sideways", ["train-dpo", "--mode", "sideways", "--out", "{W}/out/d1"], ["--mode"]),
+        ("train-dpo --workers 0", ["train-dpo", "--workers", "0", "--out", "{W}/out/d1"], ["--workers"]),
+        ("train-dpo --gpus-per-worker 1 without CUDA", ["train-dpo", "--gpus-per-worker", "1", "--out", "{W}/out/d1"],
+         ["--gpus-per-worker"]),
+        ("train-dpo an existing run", ["train-dpo", "--out", "{W}/out/dporun"], ["dporun", "--resume"]),
+        ("train-dpo a non-empty folder", ["train-dpo", "--out", "{W}/out/full"], ["full", "not empty"]),
+        ("train-dpo --out under a file", ["train-dpo", "--out", "{W}/out/afile/run"], ["afile", "is a file"]),
+        ("train-dpo --resume with no run", ["train-dpo", "--out", "{W}/out/d1", "--resume"], ["d1", "run.json"]),
+        # score-pairs
+        ("score-pairs --model missing", ["score-pairs", "--model", "{W}/scorers/nowhere", "--data", "{W}/pairs/good.jsonl",
+                                         "--out", "{W}/out/s.parquet"], ["nowhere", "scorer"]),
+        ("score-pairs --model not a scorer", ["score-pairs", "--model", "{W}/models/bert", "--data", "{W}/pairs/good.jsonl",
+                                              "--out", "{W}/out/s.parquet"], ["bert", "scorer.json"]),
+        ("score-pairs corrupt scorer.json", ["score-pairs", "--model", "{W}/scorers/corrupt", "--data", "{W}/pairs/good.jsonl",
+                                             "--out", "{W}/out/s.parquet"], ["scorer.json", "invalid JSON"]),
+        ("score-pairs scorer.json without a field", ["score-pairs", "--model", "{W}/scorers/nofield", "--data",
+                                                     "{W}/pairs/good.jsonl", "--out", "{W}/out/s.parquet"],
+         ["scorer.json", "field 'max_length'"]),
+        ("score-pairs scorer.json with a bad mode", ["score-pairs", "--model", "{W}/scorers/nomode", "--data",
+                                                     "{W}/pairs/good.jsonl", "--out", "{W}/out/s.parquet"],
+         ["scorer.json", "field 'mode'"]),
+        ("score-pairs truncated weights", ["score-pairs", "--model", "{W}/scorers/torn", "--data", "{W}/pairs/good.jsonl",
+                                           "--out", "{W}/out/s.parquet"], ["torn"]),
+        ("score-pairs a damaged head", ["score-pairs", "--model", "{W}/scorers/badhead", "--data", "{W}/pairs/good.jsonl",
+                                        "--out", "{W}/out/s.parquet"], ["head.pt"]),
+        ("score-pairs bad pairs", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/half.jsonl",
+                                   "--out", "{W}/out/s.parquet"], ["half.jsonl", "'rejected'"]),
+        ("score-pairs missing data", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/nowhere.jsonl",
+                                      "--out", "{W}/out/s.parquet"], ["nowhere.jsonl"]),
+        ("score-pairs --out exists", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/good.jsonl",
+                                      "--out", "{W}/out/exists.parquet"], ["exists.parquet", "--overwrite"]),
+        ("score-pairs --out is --data", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/good.jsonl",
+                                         "--out", "{W}/pairs/good.jsonl"], ["--out", "input"]),
+        ("score-pairs --out .txt", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/good.jsonl",
+                                    "--out", "{W}/out/s.txt"], ["s.txt", ".parquet"]),
+        ("score-pairs --out a folder", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/good.jsonl",
+                                        "--out", "{W}/out/full"], ["full"]),
+        # embed
+        ("embed --in missing", ["embed", "--in", "{W}/texts/nowhere.csv", "--model", "{W}/models/bert", "--out", "{W}/out/e"],
+         ["nowhere.csv"]),
+        ("embed no text column", ["embed", "--in", "{W}/texts/notext.csv", "--model", "{W}/models/bert", "--out", "{W}/out/e"],
+         ["notext.csv", "'text'"]),
+        ("embed a blank text", ["embed", "--in", "{W}/texts/blank.csv", "--model", "{W}/models/bert", "--out", "{W}/out/e"],
+         ["blank.csv", "'text'"]),
+        ("embed no rows", ["embed", "--in", "{W}/texts/empty.csv", "--model", "{W}/models/bert", "--out", "{W}/out/e"],
+         ["empty.csv"]),
+        ("embed input has an embedding column", ["embed", "--in", "{W}/texts/hasemb.parquet", "--model", "{W}/models/bert",
+                                                 "--out", "{W}/out/e"], ["hasemb.parquet", "'embedding'"]),
+        ("embed --out a non-empty folder", ["embed", "--in", "{W}/texts/good.csv", "--model", "{W}/models/bert",
+                                            "--out", "{W}/out/full"], ["full", "refusing"]),
+        ("embed --out under a file", ["embed", "--in", "{W}/texts/good.csv", "--model", "{W}/models/bert",
+                                      "--out", "{W}/out/afile/e"], ["afile", "is a file"]),
+        ("embed --model not a model", ["embed", "--in", "{W}/texts/good.csv", "--model", "{W}/models/empty",
+                                       "--out", "{W}/out/e"], ["empty", "config.json"]),
+        ("embed --rows-per-shard 0", ["embed", "--in", "{W}/texts/good.csv", "--model", "{W}/models/bert",
+                                      "--out", "{W}/out/e", "--rows-per-shard", "0"], ["--rows-per-shard"]),
+        # cluster commands
+        ("submit --budget 0", ["submit", "--address", "http://127.0.0.1:{closed}", "--name", "x", "--budget", "0"], ["--budget"]),
+        ("submit --name ../x", ["submit", "--address", "http://127.0.0.1:{closed}", "--name", "../x"], ["--name"]),
+        ("submit to an unreachable cluster", ["submit", "--address", "http://127.0.0.1:{closed}", "--name", "x"],
+         ["127.0.0.1:{closed}", "cannot reach"]),
+        ("jobs at an unreachable address", ["jobs", "--address", "http://127.0.0.1:{closed}"], ["127.0.0.1:{closed}", "cannot reach"]),
+        ("jobs at a server that is not Ray", ["jobs", "--address", "http://127.0.0.1:{404}"], ["127.0.0.1:{404}", "cannot reach"]),
+        ("logs at an unreachable address", ["logs", "raysubmit_x", "--address", "http://127.0.0.1:{closed}"], ["cannot reach"]),
+        ("stop at an unreachable address", ["stop", "raysubmit_x", "--address", "http://127.0.0.1:{closed}"], ["cannot reach"]),
+    ]
+    return cases
+
+
+CASES = corpus()
+
+
+def _fill(text: str, world: dict) -> str:
+    for name, path in world["bad"].items():
+        text = text.replace(f"<bad:{name}>", path)
+    return (text.replace("{W}", str(world["root"])).replace("{closed}", str(world["port_closed"]))
+            .replace("{404}", str(world["port_404"])))
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_the_corpus_is_big_enough():
+    assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case, argv, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, argv, words, world, capsys, monkeypatch):
+    monkeypatch.chdir(world["root"] / "cwd")  # default outputs (dpo_run, lossforge_results) land here
+    before = _snapshot(world["root"])
+    try:
+        code = main([_fill(a, world) for a in argv])
+    except SystemExit as stop:  # argparse's own errors: usage, then one error line, exit 2
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, (case, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("lossforge: warning")]
+    assert "error:" in lines[-1], err
+    if not lines[0].startswith("usage:"):
+        assert len(lines) == 1, err  # ours: exactly one line
+    for word in words:
+        assert _fill(word, world) in err, (case, word, err)
+    assert _snapshot(world["root"]) == before, f"{case}: a file was created or changed"
+
+
+def test_all_positive_truth_warns_in_one_line(world, capsys):
+    main(["train-pu", "--train", str(world["root"] / "data" / "allpos.parquet"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert "lossforge: warning:" in err and "allpos.parquet" in err and "every row is positive" in err
