@@ -1,4 +1,5 @@
 """Kill a search's driver with SIGKILL mid-search, resume it, and get exactly the budget."""
+import json
 import os
 import signal
 import time
@@ -75,3 +76,34 @@ def test_a_torn_last_line_is_repaired_and_its_result_comes_back_on_resume(tmp_pa
     assert sorted(e["id"] for e in tells) == [0, 1, 2, 3], "exactly the budget, none twice"
     assert {e.id: e.fitness for e in log.told()} == before, "the torn result came back, not an error"
     assert "torn line" in (tmp_path / "run2.log").read_text()
+
+
+def test_sigkill_during_the_reevaluation_then_resume_finishes_it_without_evaluating_more(tmp_path):
+    """Folds, controls, halving and the elite re-evaluation all resume: a driver killed while the
+    elites retrain comes back to the same elites, finishes the stage, and tells nothing twice."""
+    args = ["--name", "r", "--storage", str(tmp_path), "--budget", "4", "--pack", "2", "--epochs", "3",
+            "--concurrency", "1", "--rungs", "1", "--reevaluate", "2", "--reevaluation-folds", "3"]
+    driver = lossforge("search", *args, cwd=tmp_path, log=tmp_path / "run1.log")
+    try:
+        wait_for(lambda: "re-evaluating" in (tmp_path / "run1.log").read_text(), 300, "the re-evaluation stage")
+        time.sleep(3)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        kill_session(driver.pid)
+    folder = tmp_path / "r"
+    assert not (folder / "reevaluation.json").exists(), "killed before the stage finished"
+    log_before = (folder / "evaluations.jsonl").read_bytes()
+    elites_before = [line for line in (tmp_path / "run1.log").read_text().splitlines() if "re-evaluating" in line]
+
+    resumed = lossforge("resume", "r", "--storage", str(tmp_path), cwd=tmp_path, log=tmp_path / "run2.log")
+    try:
+        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+    finally:
+        kill_session(resumed.pid)
+    assert (folder / "evaluations.jsonl").read_bytes() == log_before, "nothing evaluated again"
+    run2 = (tmp_path / "run2.log").read_text()
+    assert [line for line in run2.splitlines() if "re-evaluating" in line] == elites_before
+    record = json.loads((folder / "reevaluation.json").read_text())
+    assert len([r for r in record["rows"] if r["search_fitness"] is not None]) == 2 and record["winner"] is not None
+    assert (folder / "best_loss.json").exists() and "<- exported" in run2
