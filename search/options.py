@@ -34,7 +34,7 @@ class PUSearchOptions:
     keep: float = opt(1 / 3, "share of candidates that train on after each rung")
     reevaluate: int = opt(8, "elites retrained after the search on fresh folds and seeds (0: none)")
     reevaluation_folds: int = opt(4, "folds per elite in the re-evaluation (never seen by the search)")
-    reevaluation_seeds: int = opt(2, "seeds per elite and fold in the re-evaluation")
+    reevaluation_seeds: int = opt(1, "seeds per elite and fold in the re-evaluation")
 
     def validate(self, epochs: int) -> None:
         if self.fitness not in PU_FITNESS + TRUTH_FITNESS:

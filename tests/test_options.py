@@ -197,3 +197,18 @@ def test_a_corrupt_interior_line_is_refused_before_ray_starts(tmp_path, capsys):
     assert time.perf_counter() - started < 10 and "line 2 is corrupt" in capsys.readouterr().err
     assert (folder / "evaluations.jsonl").read_bytes() == before
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_the_live_progress_reader_leaves_a_half_written_line_for_later(tmp_path):
+    from search.train_job import _progress_printer
+
+    path, lines = tmp_path / "progress.jsonl", []
+    printer = _progress_printer(path, 3, lines.append)
+    row = {"epoch": 1, "train_loss": 0.5, "agreement": 0.7, "agreement_lc": 0.6, "resumed_from_epoch": 0}
+    text = json.dumps(row) + "\n"
+    path.write_text(text + text[:20])  # the second epoch's line is still being written
+    printer()
+    assert len(lines) == 1 and "epoch 1/3" in lines[0]
+    path.write_text(text + json.dumps({**row, "epoch": 2}) + "\n")
+    printer()
+    assert len(lines) == 2 and "epoch 2/3" in lines[1]

@@ -164,3 +164,16 @@ def test_a_repeated_pack_resumes_its_checkpoint_only_when_it_holds_those_candida
     assert _pack_state(midway, [0, 1, 2]) is midway["pack_state"]
     assert _pack_state(midway, [2]) is None  # other members' populations: start fresh
     assert _pack_state(None, [2]) is None
+
+
+def test_a_dropped_candidate_is_told_its_margin_shifted_to_the_full_epochs(plan):
+    state = run_pack(plan, 4, random_candidates(6, seed=3))
+    ok = [r for r in state.results.values() if r.status == "ok"]
+    histories = [r.details["history"] for r in ok]
+    shifts = [float(np.median([h[j + 1] - h[j] for h in histories if len(h) > j + 1])) for j in range(2)]
+    for r in ok:
+        reached = len(r.details["history"])
+        assert r.details["raw_fitness"] == r.details["history"][-1]
+        assert r.fitness == pytest.approx(r.details["raw_fitness"] + sum(shifts[reached - 1:]))
+    finals = [r for r in ok if len(r.details["history"]) == 3]
+    assert finals and all(r.details["shift"] == 0.0 for r in finals)  # full-epoch results are told as measured

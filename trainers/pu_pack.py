@@ -13,7 +13,7 @@ set) and averaged, so no data set dominates and a loss broken on one of them los
 Successive halving: the plan's ``rungs`` are epoch counts; after each rung but the last only the
 best ``keep`` share of the candidates trains on (the population is compacted, optimiser state
 and all), so most of the budget goes to promising losses. A candidate's result is its margin at
-the last rung it reached. Candidates whose selector polynomial cannot rank at all (see
+the last rung it reached, shifted to the full epochs (:func:`to_full_fidelity`). Candidates whose selector polynomial cannot rank at all (see
 :func:`selector_can_rank`) are rejected before training.
 """
 from __future__ import annotations
@@ -256,6 +256,9 @@ def _score_rung(plan: PUPackPlan, cfg: PUConfig, state: PackState, pops: list[Po
     if state.scales is None:
         state.scales = noise_scales(scores, len(pops))
     results = rung_results(state.alive, scores, state.scales, state.rung, epochs)
+    for r in results:  # each candidate's fitness at every rung it reached
+        before = state.results.get(r.id)
+        r.details["history"] = (before.details.get("history", []) if before else []) + [r.fitness]
     state.results.update({r.id: r for r in results})
     last = state.rung == len(plan.rungs) - 1
     keep = [] if last else survivors(results, plan.keep)
@@ -266,3 +269,28 @@ def _score_rung(plan: PUPackPlan, cfg: PUConfig, state: PackState, pops: list[Po
             pop.select(member_rows)
     state.alive = keep
     state.rung += 1
+    if not keep:
+        to_full_fidelity(state.results)
+
+
+def to_full_fidelity(results: dict[int, CandidateResult]) -> None:
+    """Make fitness comparable across rungs before it is told.
+
+    Margins move with the epochs (at 1 epoch every loss is half-trained, and the controls gain
+    more from longer training than most candidates do), so a candidate dropped at rung r cannot
+    be told its rung-r margin beside the full-epoch margins of those that trained on: it would
+    look better than some of them. Each rung's shift is the median change of the margin, rung r
+    to r+1, of the candidates that trained through both; a dropped candidate is told its last
+    margin plus the shifts it did not train through (``details``: ``raw_fitness``, ``shift``)."""
+    histories = [r.details["history"] for r in results.values() if r.status == "ok" and "history" in r.details]
+    depth = max((len(h) for h in histories), default=0)
+    shifts = []
+    for j in range(depth - 1):
+        steps = [h[j + 1] - h[j] for h in histories if len(h) > j + 1]
+        shifts.append(float(np.median(steps)) if steps else 0.0)
+    for r in results.values():
+        if r.status == "ok" and "history" in r.details:
+            reached = len(r.details["history"])
+            shift = float(sum(shifts[reached - 1:]))
+            r.details.update(raw_fitness=r.fitness, shift=shift)
+            r.fitness = r.fitness + shift
