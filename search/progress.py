@@ -1,15 +1,60 @@
-"""Live progress of a search: each pack's rung (PU) or candidate (DPO) as its workers report."""
+"""Live progress: each pack's rung (PU) or candidate (DPO) as its workers report, through Tune
+(:class:`PackProgress`) or, for a Train job run without Tune (train-dpo, a re-evaluation), through a
+file its controller appends to and the driver polls (:class:`ReportFile`, :func:`report_printer`)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from ray.train import UserCallback
 
 from trainers.boundary import PackReport
 
-try:
-    from ray.tune import Callback as _TuneCallback
-except ImportError:  # pragma: no cover - Ray is a dependency; keeps `report` usable without it
-    _TuneCallback = object
+
+class ReportFile(UserCallback):
+    """Appends rank 0's report to a JSON-lines file. Train runs its callbacks in its controller,
+    which it pins to the driver's node, so this works whether or not the workers share its disk."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics[0], default=float) + "\n")
 
 
-class PackProgress(_TuneCallback):
+def report_printer(path: Path, line: Callable[[dict], str], log) -> Callable[[], None]:
+    """A function that logs ``line(report)`` for each report appended to ``path`` since its last
+    call (reports from before a resume were printed by that earlier run). A half-written last
+    line is left for the next call."""
+
+    def complete_lines() -> list[str]:
+        raw = path.read_text() if path.exists() else ""
+        return raw[: raw.rfind("\n") + 1].splitlines()
+
+    seen = [len(complete_lines())]
+
+    def print_new() -> None:
+        lines = complete_lines()
+        for text in lines[seen[0]:]:
+            log(line(json.loads(text)))
+        seen[0] = max(seen[0], len(lines))
+
+    return print_new
+
+
+def pack_line(label: str) -> Callable[[dict], str]:
+    def line(result: dict) -> str:
+        report = PackReport.from_dict(result)
+        return f"  {label}: {report.unit} {report.progress}/{report.total}, best {report.best_fitness:.4f}"
+
+    return line
+
+from ray.tune import Callback  # noqa: E402 - after the Train callback it sits beside
+
+
+class PackProgress(Callback):
     def __init__(self, log):
         self.log = log
 

@@ -35,10 +35,12 @@ def elites(folder: Path, opts, searcher, plan) -> list[dict]:
     top = sorted(told, key=lambda e: (-e.fitness, e.id))[: opts.task_options.reevaluate]
     chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": list(c["coefficients"]) + list(c["center"]),
                "search_fitness": None} for i, c in enumerate(plan.controls)]
-    chosen += [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness} for e in top]
-    recommended = np.asarray(searcher.optimizer.provide_recommendation().value, dtype=float)
-    if not any(np.allclose(recommended, e["vector"], atol=1e-9) for e in chosen):
-        chosen.append({"id": opts.budget, "source": "recommendation", "vector": recommended.tolist(), "search_fitness": None})
+    recommended = {"id": opts.budget, "source": "recommendation", "search_fitness": None,
+                   "vector": np.asarray(searcher.optimizer.provide_recommendation().value, dtype=float).tolist()}
+    for e in [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness} for e in top] + [recommended]:
+        # A seed loss equal to a control (or a recommendation already evaluated) is trained once.
+        if not any(np.allclose(e["vector"], c["vector"], atol=1e-9) for c in chosen):
+            chosen.append(e)
     return chosen
 
 
@@ -54,7 +56,9 @@ def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tupl
 
 def reevaluate_elites(folder: Path, opts, plan, searcher, log) -> dict:
     """Run (or finish, or skip) the re-evaluation stage and write its files."""
+    from search.background import every
     from search.driver import Scaling, train_job
+    from search.progress import ReportFile, pack_line, report_printer
     from search.tasks import get_task
     from trainers.pu_pack import REEVALUATION_STREAM
 
@@ -65,13 +69,19 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, log) -> dict:
     space = task.space(opts.order)
     chosen = elites(folder, opts, searcher, plan)
     o = opts.task_options
-    stage = replace(plan, folds=o.reevaluation_folds, seeds_per_candidate=o.reevaluation_seeds, rungs=[opts.epochs],
-                    keep=1.0, stream=REEVALUATION_STREAM)
+    # Everyone trains every epoch (keep 1); the rungs only set how often it checkpoints and reports.
+    step = max(1, opts.epochs // 5)
+    stage = replace(plan, folds=o.reevaluation_folds, seeds_per_candidate=o.reevaluation_seeds, keep=1.0,
+                    rungs=list(range(step, opts.epochs, step)) + [opts.epochs], stream=REEVALUATION_STREAM)
     log(f"re-evaluating {len(chosen)} elites (controls included) on {stage.folds} fresh folds x "
         f"{stage.seeds_per_candidate} seeds, {opts.epochs} epochs")
     job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
-    result = train_job(task.worker_loop(), {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train")).fit()
+    progress = folder / "reevaluation.progress.jsonl"
+    trainer = train_job(task.worker_loop(), {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train"),
+                        callbacks=[ReportFile(progress)])
+    with every(1.0, report_printer(progress, pack_line("re-evaluation"), log)):
+        result = trainer.fit()
     report = PackReport.from_dict(result.metrics)
     if report is None or not report.finished:
         raise RuntimeError(f"the re-evaluation job ended without its results: {result.error}")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ray.train import UserCallback
 
 from search.driver import Scaling
+from search.progress import ReportFile, report_printer
 from trainers.data.pairs import PreferencePairs, read_pairs, split_by_prompt
 from trainers.dpo import DPOConfig, default_pairs, save_scorer
 from trainers.errors import UsageError
@@ -67,7 +67,7 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     log(f"train-dpo: {used} of {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
         f"{scaling.workers} worker(s) -> {folder.path}")
     trainer = train_job(dpo_worker_loop, {"dpo": cfg, "train": spec["train"]}, scaling, RUN_NAME,
-                        str(folder.path / "ray"), keep=1, callbacks=[ProgressFile(folder.path / PROGRESS_FILE)])
+                        str(folder.path / "ray"), keep=1, callbacks=[ReportFile(folder.path / PROGRESS_FILE)])
     with every(0.5, _progress_printer(folder.path / PROGRESS_FILE, cfg.epochs, log)):
         result = trainer.fit()
     if result.checkpoint is None:
@@ -163,37 +163,12 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     return summary
 
 
-class ProgressFile(UserCallback):
-    """Appends rank 0's report of each epoch to ``progress.jsonl`` for the live printer. Train
-    runs its callbacks in its controller, which it pins to the driver's node, so this works
-    whether or not the workers share the driver's disk."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def after_report(self, run_context, metrics, checkpoint):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(metrics[0], default=float) + "\n")
-
-
 def _progress_printer(path: Path, epochs: int, log):
-    """A function that prints the epoch lines appended to ``progress.jsonl`` since its last call
-    (lines from before a resume were printed by that earlier run). A half-written last line is
-    left for the next call."""
-    seen = [len(_complete_lines(path))]
+    """Prints the epoch lines appended to ``progress.jsonl`` since its last call."""
 
-    def print_new() -> None:
-        lines = _complete_lines(path)
-        for line in lines[seen[0]:]:
-            m = json.loads(line)
-            log(f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
+    def line(m: dict) -> str:
+        return (f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
                 f"{m['agreement']:.4f} (length-controlled {m['agreement_lc']:.4f})"
                 + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
-        seen[0] = max(seen[0], len(lines))
 
-    return print_new
-
-
-def _complete_lines(path: Path) -> list[str]:
-    raw = path.read_text() if path.exists() else ""
-    return raw[: raw.rfind("\n") + 1].splitlines()
+    return report_printer(path, line, log)

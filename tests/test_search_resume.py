@@ -105,5 +105,5 @@ def test_sigkill_during_the_reevaluation_then_resume_finishes_it_without_evaluat
     run2 = (tmp_path / "run2.log").read_text()
     assert [line for line in run2.splitlines() if "re-evaluating" in line] == elites_before
     record = json.loads((folder / "reevaluation.json").read_text())
-    assert len([r for r in record["rows"] if r["search_fitness"] is not None]) == 2 and record["winner"] is not None
+    assert 1 <= len([r for r in record["rows"] if r["search_fitness"] is not None]) <= 2 and record["winner"] is not None
     assert (folder / "best_loss.json").exists() and "<- exported" in run2

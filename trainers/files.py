@@ -57,3 +57,17 @@ def check_writable_folder(path: str | Path) -> None:
             if not os.access(parent, os.W_OK):
                 raise UsageError(f"cannot write under {parent} (permission denied)")
             return
+
+
+def load_object(path: str | Path, from_dict, what: str):
+    """``from_dict`` of a JSON file that must hold one object; a file that is not JSON, not an
+    object, or lacks or mangles a field is one DataError naming the file (and the field)."""
+    spec = read_json(path, what)
+    if not isinstance(spec, dict):
+        raise DataError(path, f"not a {what}: the top level is {type(spec).__name__}, not an object")
+    try:
+        return from_dict(spec)
+    except KeyError as err:
+        raise DataError(path, "missing", column=str(err.args[0]), kind="field") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise DataError(path, f"not a valid {what}: {err}") from None

@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from trainers.errors import DataError, UsageError
-from trainers.files import read_json, write_json
+from trainers.errors import UsageError
+from trainers.files import load_object, write_json
 
 VARIABLES = ("d_p", "d_u", "c_p", "c_u")
 PLAYERS = ("discriminator", "selector")
@@ -235,17 +235,7 @@ class TaylorLoss:
 
     @classmethod
     def load(cls, path: str | Path) -> "TaylorLoss":
-        """A loss file; anything else (not JSON, not an object, a missing or malformed field) is
-        one DataError naming the file and the field."""
-        spec = read_json(path, "loss file")
-        if not isinstance(spec, dict):
-            raise DataError(path, f"not a loss file: the top level is {type(spec).__name__}, not an object")
-        try:
-            return cls.from_dict(spec)
-        except KeyError as err:
-            raise DataError(path, "missing", column=str(err.args[0]), kind="field") from None
-        except (TypeError, ValueError, AttributeError) as err:
-            raise DataError(path, f"not a valid Taylor loss: {err}") from None
+        return load_object(path, cls.from_dict, "loss file")
 
     @classmethod
     def from_function(
