@@ -81,23 +81,63 @@ def check_writable_folder(path: Path) -> None:
             return
 
 
-def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
-    """An output file path that is safe to write: not one of the inputs (nor inside one), not a
-    folder, not under a file, with a known suffix, and not an existing file without ``overwrite``."""
-    target = Path(out).expanduser()
-    if suffixes and target.suffix.lower() not in suffixes:
-        raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
-    resolved = target.resolve()
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _refuse_inputs(out: str, inputs: list[str | Path], folder: bool) -> None:
+    """An output may not be an input, lie inside an input folder, or (a folder) hold an input."""
+    from trainers.data.storage import normalise
+
+    target = normalise(out)
     for given in inputs:
-        source = Path(given).expanduser().resolve()
-        if resolved == source or source in resolved.parents:
-            raise UsageError(f"--out {out} is an input of this command ({given}); refusing to overwrite it")
+        source = normalise(given)
+        if _inside(target, source) or (folder and _inside(source, target)):
+            raise UsageError(f"--out {out} is an input of this command ({given}) or overlaps one; refusing to overwrite it")
+
+
+def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()):
+    """An output file path (or URI) that is safe to write: not one of the inputs (nor inside one),
+    not a folder, not under a file, with a known suffix, and not an existing file without
+    ``overwrite``. Returns a Path for a local file, the URI itself for a remote one."""
+    from trainers.data.storage import file_type, is_remote, local_path
+
+    if suffixes and Path(str(out).split("?")[0]).suffix.lower() not in suffixes:
+        raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
+    _refuse_inputs(str(out), inputs, folder=False)
+    if is_remote(out):
+        import pyarrow.fs as pafs
+
+        kind = file_type(out)
+        if kind == pafs.FileType.Directory:
+            raise UsageError(f"--out {out} is a folder; give a file path")
+        if kind == pafs.FileType.File and not overwrite:
+            raise UsageError(f"--out {out} already exists; add --overwrite to replace it")
+        return str(out)
+    target = local_path(out)
     if target.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file path")
     if target.exists() and not overwrite:
         raise UsageError(f"--out {out} already exists; add --overwrite to replace it")
-    check_writable_folder(resolved.parent)
+    check_writable_folder(target.resolve().parent)
     return target
+
+
+def check_output_folder(out: str | Path, inputs: list[str | Path], overwrite: bool, flag: str = "--out") -> str:
+    """An output folder (or URI prefix) that is safe to fill: no overlap with the inputs, not a
+    file, and empty (or absent) unless ``overwrite``."""
+    import pyarrow.fs as pafs
+
+    from trainers.data.storage import file_type, folder_is_empty, is_remote, local_path
+
+    _refuse_inputs(str(out), inputs, folder=True)
+    if file_type(out) == pafs.FileType.File:
+        raise UsageError(f"{flag} {out} is a file; give a folder")
+    if not overwrite and not folder_is_empty(out):
+        raise UsageError(f"{flag} {out} already exists and is not empty; add --overwrite or pick another folder")
+    if not is_remote(out):
+        check_writable_folder(local_path(out).resolve())
+    return str(out)
 
 
 # -- Ray --------------------------------------------------------------------------------------------

@@ -609,3 +609,14 @@ def load_tables(train_path: str | None, test_path: str | None) -> tuple[Embeddin
     train = read_table(train_path, need="any")
     test = read_table(test_path, need="label") if test_path else None
     return train, test
+
+
+def classifier_of(pop: Population, threshold_logit: float, cfg: PUConfig, **details):
+    """Member 0's selector as a :class:`trainers.classifier.PUClassifier` that records its loss
+    (name and, for a Taylor loss, its terms), its configuration and ``details``."""
+    from trainers.classifier import PUClassifier
+
+    loss = resolve_loss(cfg.loss)
+    meta = {"loss": loss_label(loss), "loss_spec": loss.to_dict() if isinstance(loss, TaylorLoss) else loss,
+            "config": asdict(cfg), "fitness": cfg.fitness, **details}
+    return PUClassifier.from_population(pop, 0, threshold_logit, meta)
