@@ -46,8 +46,15 @@ class PUClassifier:
     @classmethod
     def from_population(cls, pop, member: int, threshold_logit: float, meta: dict) -> "PUClassifier":
         """Member ``member``'s selector of a trained :class:`trainers.pu.Population`."""
-        weights = [w.detach()[member].cpu().float().numpy() for w in pop.selector.weights]
-        biases = [b.detach()[member, 0].cpu().float().numpy() for b in pop.selector.biases]
+        return cls.from_selector_state(pop.selector.state_dict(), member, threshold_logit, meta)
+
+    @classmethod
+    def from_selector_state(cls, state: dict, member: int, threshold_logit: float, meta: dict) -> "PUClassifier":
+        """From a selector's ``state_dict`` (stacked ``weights.i`` [K, in, out], ``biases.i``
+        [K, 1, out]), e.g. out of a Ray Train checkpoint."""
+        layers = len([k for k in state if k.startswith("weights.")])
+        weights = [state[f"weights.{i}"].detach()[member].cpu().float().numpy() for i in range(layers)]
+        biases = [state[f"biases.{i}"].detach()[member, 0].cpu().float().numpy() for i in range(layers)]
         return cls(weights, biases, float(threshold_logit), dict(meta))
 
     # -- scoring ---------------------------------------------------------------------------------
