@@ -90,3 +90,40 @@ def test_train_save_and_predict_to_the_bucket(pool, s3, tmp_path, capsys):
     # a classifier in a bucket that does not exist
     assert main(["predict", "--model", "s3://nowhere-bucket/m", "--data", pool, "--out", str(tmp_path / "o.parquet")]) == 2
     assert "bucket not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_search_on_a_sample_then_train_on_everything_then_predict_all_from_the_bucket(pool, s3, tmp_path, capsys):
+    """The issue's whole flow from s3://: a search on a stratified sample, the found loss trained
+    on the full pool by two data-parallel workers, the classifier saved to the bucket, and
+    predictions written back to it by Ray tasks."""
+    import ray
+
+    from search.tuner import RAY_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    try:
+        storage = tmp_path / "results"
+        assert main(["search", "--train", pool, "--sample-rows", "200", "--budget", "2", "--pack", "2", "--epochs", "1",
+                     "--concurrency", "1", "--rungs", "none", "--reevaluate", "0", "--name", "s3", "--storage",
+                     str(storage)]) == 0
+        spec = json.loads((storage / "s3" / "search.json").read_text())
+        assert spec["train"] == [pool] and spec["task_options"]["sample_rows"] == 200
+        sample = read_table(storage / "s3" / "sample-0.parquet")
+        assert abs(len(sample) - 200) <= 1
+        model = f"s3://{BUCKET}/models/full-{tmp_path.name}"
+        assert main(["train-pu", "--train", pool, "--workers", "2", "--cpus-per-worker", "0.5", "--epochs", "2",
+                     "--loss", str(storage / "s3" / "best_loss.json"), "--save", model,
+                     "--run-dir", str(tmp_path / "run")]) == 0
+        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert metrics["n_rows"] == 400 and [w["rows"] for w in metrics["workers"]] == [200, 200]
+        assert metrics["replicas_in_sync"] and len(metrics["history"]) == 2
+        clf = PUClassifier.load(model)
+        assert clf.meta["loss_spec"]["family"] == "taylor" and clf.meta["workers"] == 2
+        out = f"s3://{BUCKET}/scores-{tmp_path.name}"
+        assert main(["predict", "--model", model, "--data", pool, "--out", out]) == 0
+        assert "on Ray" in capsys.readouterr().out
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"scores-{tmp_path.name}/")["Contents"])
+        assert keys == [f"scores-{tmp_path.name}/part-00000.parquet", f"scores-{tmp_path.name}/part-00001.parquet"]
+    finally:
+        ray.shutdown()
