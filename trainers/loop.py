@@ -151,12 +151,22 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def current_rss_bytes() -> int:
+    """This process's resident memory now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _read_share(job: PUTrainJob, cfg, rank: int, world: int):
     """This worker's share, or the first worker's data error on every worker (all must stop
     together: one leaving early would hang the others in the next collective)."""
     from trainers.data.pu import read_pu_share
     from trainers.errors import DataError
 
+    rss_start = current_rss_bytes()
     started, share, error = time.perf_counter(), None, ""
     try:
         share = read_pu_share(job.train, rank, world, cfg.labelled_frac, cfg.seed, cfg.val_frac)
@@ -164,7 +174,7 @@ def _read_share(job: PUTrainJob, cfg, rank: int, world: int):
         error = str(err)
     seconds = time.perf_counter() - started
     errors = [e for e in gather_objects(error, world) if e]
-    stats = {"rank": rank, "rows": 0 if share is None else len(share.x), "read_seconds": seconds,
+    stats = {"rank": rank, "rows": 0 if share is None else len(share.x), "read_seconds": seconds, "rss_start": rss_start,
              "bytes": 0 if share is None else int(share.x.nbytes)}
     return share, (errors[0] if errors else None), stats
 
