@@ -151,6 +151,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def fixed_mmap_threshold(size: int = 128 * 1024) -> None:
+    """Large temporaries (batches, index permutations, validation chunks) are allocated and freed
+    every step. glibc raises its mmap threshold as they come and go, so later ones land in its
+    heap, whose freed memory it keeps: measured, a worker's resident memory grew by ~0.2 x its
+    share on top of the share. A fixed threshold (glibc's initial 128 KiB) gives them back on free."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, size)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def current_rss_bytes() -> int:
     """This process's resident memory now (Linux; 0 elsewhere)."""
     try:
@@ -188,6 +201,7 @@ def pu_worker_loop(config: dict) -> None:
     from trainers.losses.taylor import TaylorLoss
     from trainers.pu import NEEDS_PRIOR, build_population, evaluate_members, make_objective, run_epochs, share_data
 
+    fixed_mmap_threshold()
     job: PUTrainJob = config["job"]
     rank, world, device = worker_context()
     cfg = replace(job.pu, device=str(device))
