@@ -45,8 +45,8 @@ def test_reads_a_folder_a_file_and_a_glob_by_uri(pool, pu_parquet):
 
 
 def test_storage_errors_are_one_line_naming_the_file(pool, s3, tmp_path):
-    cases = {f"s3://no-such-bucket-here/x.parquet": "bucket not found",
-             f"s3://no-such-bucket-here/folder/": "bucket not found",
+    cases = {"s3://no-such-bucket-here/x.parquet": "bucket not found",
+             "s3://no-such-bucket-here/folder/": "bucket not found",
              f"{pool}/missing.parquet": "no such key",
              f"{pool}-nothing/": "no such key"}
     for uri, words in cases.items():
@@ -62,14 +62,13 @@ def test_storage_errors_are_one_line_naming_the_file(pool, s3, tmp_path):
         read_table(f"s3://{BUCKET}/bad/nan.parquet")
 
 
-def test_access_denied_is_one_line(tmp_path):
-    boto3 = pytest.importorskip("boto3")
+def test_access_denied_is_one_line():
+    # This server checks credentials: the test's keys are unknown to it, so every request is refused (403).
     with moto_server(enforce_auth=True) as url, s3_environment(url):
         uri = "s3://locked-bucket/x.parquet"
         with pytest.raises(DataError) as info:
             read_table(uri)
-        assert "access denied" in str(info.value) and uri in str(info.value)
-        del boto3
+        assert "access denied" in str(info.value) and uri in str(info.value) and "\n" not in str(info.value)
 
 
 def test_train_save_and_predict_to_the_bucket(pool, s3, tmp_path, capsys):
