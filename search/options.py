@@ -35,6 +35,9 @@ class PUSearchOptions:
     reevaluate: int = opt(8, "elites retrained after the search on fresh folds and seeds (0: none)")
     reevaluation_folds: int = opt(4, "folds per elite in the re-evaluation (never seen by the search)")
     reevaluation_seeds: int = opt(1, "seeds per elite and fold in the re-evaluation")
+    sample_rows: int | None = opt(None, "search on a seeded sample of this many rows of each --train, stratified "
+                                        "(labelled and unlabelled rows keep their shares; written to the results "
+                                        "folder); then train the found loss on everything with train-pu --workers")
 
     def validate(self, epochs: int) -> None:
         if self.fitness not in PU_FITNESS + TRUTH_FITNESS:
@@ -49,6 +52,8 @@ class PUSearchOptions:
             raise UsageError(f"--reevaluate must be >= 0, got {self.reevaluate}")
         if not 0.0 < self.keep <= 1.0:
             raise UsageError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.sample_rows is not None and self.sample_rows < 10:
+            raise UsageError(f"--sample-rows must be at least 10, got {self.sample_rows}")
         if any(r < 1 for r in self.rungs) or self.rungs != sorted(set(self.rungs)):
             raise UsageError(f"--rungs must be increasing epoch counts (at least 1), got {self.rungs}")
 

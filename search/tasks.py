@@ -13,7 +13,7 @@ generic over it. A new task is one new class here and a line in :data:`TASKS`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ class TaskInputs:
     """What reading the data told the driver (kept small: workers read the data themselves)."""
 
     priors: list[float | None]  # PU: per training set, the class prior where known
+    samples: list = field(default_factory=list)  # PU --sample-rows: per training set, the sample to write
 
 
 class Task:
@@ -119,17 +120,20 @@ class PUTask(Task):
         return replace(opts, epochs=2, task_options=small)
 
     def read_inputs(self, opts: SearchOptions) -> TaskInputs:
-        """Read every training set (and test set) now: a bad file fails before anything is written."""
+        """Read every training set (or its sample) and test set now: a bad file fails before
+        anything is written."""
+        from trainers.config import FITNESS_NEEDS_PRIOR
         from trainers.data.pu import PUData
         from trainers.data.shards import read_table
-        from trainers.config import FITNESS_NEEDS_PRIOR
 
         o: PUSearchOptions = opts.task_options
-        priors = []
+        priors, samples = [], []
         if not opts.train:
             priors.append(o.prior if o.prior is not None else BUILTIN_PRIOR)
         for i, source in enumerate(opts.train):
-            data = PUData.from_table(read_table(source), o.labelled_frac, opts.seed)
+            table = _training_table(opts, i)
+            samples.append(table if o.sample_rows is not None else None)
+            data = PUData.from_table(table, o.labelled_frac, opts.seed)
             if opts.test:
                 test = read_table(opts.test[i], need="label")
                 if test.dim != data.dim:
@@ -137,7 +141,7 @@ class PUTask(Task):
             priors.append(o.prior if o.prior is not None else data.true_prior)
         if o.fitness in FITNESS_NEEDS_PRIOR and any(p is None for p in priors):
             raise UsageError(f"fitness {o.fitness} needs the class prior: pass --prior")
-        return TaskInputs(priors)
+        return TaskInputs(priors, samples)
 
     def pack_cap(self, opts: SearchOptions) -> int:
         o: PUSearchOptions = opts.task_options
@@ -151,8 +155,14 @@ class PUTask(Task):
         o: PUSearchOptions = opts.task_options
         space = self.space(opts.order)
         controls = [{"name": n, **space.candidate(space.seed_point(n, prior=_seed_prior(inputs)))} for n in o.controls]
+        for path, sample in zip(training_sources(opts), inputs.samples):
+            if sample is not None and not Path(path).exists():
+                from trainers.data.shards import table_to_arrow
+                from trainers.data.storage import write_parquet
+
+                write_parquet(table_to_arrow(sample), path)
         return PUPackPlan(
-            datasets=list(opts.train) or [None],
+            datasets=training_sources(opts),
             labelled_frac=o.labelled_frac,
             seed=opts.seed,
             pu=PUConfig(epochs=opts.epochs, fitness=o.fitness, seed=opts.seed, labelled_frac=o.labelled_frac),
@@ -189,6 +199,34 @@ class PUTask(Task):
         from search.report import plot_taylor_slices
 
         plot_taylor_slices(best, path)
+
+
+def sample_path(opts: SearchOptions, i: int) -> Path:
+    return opts.folder() / f"sample-{i}.parquet"
+
+
+def training_sources(opts: SearchOptions) -> list[str | None]:
+    """What a PU search's packs (and its final report) train on: each --train, or with
+    --sample-rows its sample in the results folder; the built-in problem without --train."""
+    if not opts.train:
+        return [None]
+    if opts.task_options.sample_rows is None:
+        return list(opts.train)
+    return [str(sample_path(opts, i)) for i in range(len(opts.train))]
+
+
+def _training_table(opts: SearchOptions, i: int):
+    """--train number ``i`` (read whole), or its stratified sample -- drawn once, then read back
+    from the results folder (resume)."""
+    from trainers.data.pu import stratified_sample
+    from trainers.data.shards import read_table
+
+    n = opts.task_options.sample_rows
+    if n is None:
+        return read_table(opts.train[i])
+    if sample_path(opts, i).exists():
+        return read_table(sample_path(opts, i))
+    return stratified_sample(opts.train[i], n, opts.seed)
 
 
 def _seed_prior(inputs: TaskInputs) -> float:

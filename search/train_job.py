@@ -90,7 +90,10 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
 
 
 def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
+    """Local paths made absolute (workers run elsewhere); URIs as given."""
+    from trainers.data.storage import normalise
+
+    return None if path is None else normalise(path)
 
 
 def _dpo_inputs(address: str | None):
@@ -132,12 +135,10 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
                      overwrite: bool = False) -> dict:
     """Write ``data``'s rows plus ``p_a_model`` = P(a better) to ``out`` (Parquet or JSONL);
     with labels in ``data``, also the agreement. Nothing is written when anything fails."""
-    import os
-
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from search.driver import check_output_file
+    from trainers.data.storage import write_bytes, write_parquet
     from trainers.data.pairs import pairs_from_table
     from trainers.data.shards import read_records
     from trainers.scorer import PreferenceScorer
@@ -148,15 +149,10 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     scorer = PreferenceScorer.load(scorer_folder, device=device, batch_size=batch_size)
     prob, pairs_per_second = scorer.score_pairs(pairs)
     result = table.append_column("p_a_model", pa.array(prob, type=pa.float64()))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if target.suffix.lower() == ".parquet":
-        pq.write_table(result, tmp)
-    else:
-        with open(tmp, "w") as f:
-            for row in result.to_pylist():
-                f.write(json.dumps(row, default=str) + "\n")
-    os.replace(tmp, target)
+    if str(target).lower().endswith(".parquet"):
+        write_parquet(result, target)
+    else:  # JSONL
+        write_bytes(target, "".join(json.dumps(row, default=str) + "\n" for row in result.to_pylist()).encode())
     summary = {"pairs": len(pairs), "pairs_per_second": pairs_per_second}
     if np.isfinite(pairs.p).all():
         summary.update(preference_metrics(prob, pairs.p, pairs.length_controlled()))

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from search.driver import RAY_ENV, RunFolder, Scaling, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
 from search.evaluations import EvaluationLog
 from search.options import SearchOptions, check_name
+from trainers.data.storage import normalise
 from search.report import SPEC_FILE, format_leaderboard, write_report
 from search.tasks import TaskInputs, auto_pack, get_task, with_task_defaults
 
@@ -48,8 +48,7 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
     opts.validate_common()
     opts = with_task_defaults(opts)
     if not resume:
-        opts = replace(opts, train=[str(Path(p).expanduser().resolve()) for p in opts.train],
-                       test=[str(Path(p).expanduser().resolve()) for p in opts.test])
+        opts = replace(opts, train=[normalise(p) for p in opts.train], test=[normalise(p) for p in opts.test])
     _, inputs = start_run(folder, resume, opts.to_dict(), read_inputs)
     return opts, inputs
 

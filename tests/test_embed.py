@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +59,7 @@ def test_formats_give_unit_norm_embeddings_and_keep_columns(tmp_path, tiny_model
     _write(src, {"id": list(range(10)), "text": texts, "note": [f"n{i}" for i in range(10)]})
     out = tmp_path / "out"
     paths = embed_file(src, out, model_dir=tiny_model)
-    assert paths == [out / "part-00000.parquet"]
+    assert paths == [str(out / "part-00000.parquet")]
     table = pq.read_table(paths[0])
     assert table.column_names == ["id", "text", "note", "embedding"]
     assert table.column("id").to_pylist() == list(range(10))
@@ -76,7 +77,7 @@ def test_rows_per_shard_splits_files(tmp_path, tiny_model):
     _write(src, {"text": _texts(25)})
     out = tmp_path / "out"
     paths = embed_file(src, out, model_dir=tiny_model, rows_per_shard=10, batch_size=4)
-    assert [p.name for p in paths] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [Path(p).name for p in paths] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert [pq.read_metadata(p).num_rows for p in paths] == [10, 10, 5]
     t = read_table(out, need="none")
     assert t.x.shape == (25, DIM) and len(t.files) == 3
@@ -188,3 +189,56 @@ def test_default_model_paraphrases_are_closer():
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     assert x[0] @ x[1] > x[0] @ x[2] + 0.2
     assert x[0] @ x[1] > x[1] @ x[2] + 0.2
+
+
+@pytest.mark.slow
+def test_ray_data_pipeline_matches_in_process_and_resumes(tmp_path, tiny_model):
+    """embed on a (local) Ray cluster: read -> map_batches in an actor pool -> write_parquet, the
+    same embeddings as in-process; a crashed run continues, skipping the files already written."""
+    import ray
+
+    from search.embed_job import MANIFEST, run_embed_job
+    from search.tuner import RAY_ENV
+
+    texts = _texts(60)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        _write(src / f"t{i}.parquet", {"id": list(range(20 * i, 20 * i + 20)), "text": texts[20 * i: 20 * i + 20]})
+    reference = embed_texts(texts, tiny_model, progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    try:
+        out = tmp_path / "out"
+        summary = run_embed_job(str(src), str(out), model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
+                                log=lambda m: None)
+        assert summary["embedded_now"] == 3 and len(summary["shards"]) >= 3
+        table = pq.read_table(out)  # Arrow's own dataset reader skips the manifest and staging names too
+        ids = np.array(table.column("id").to_pylist())
+        x = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+        assert table.schema.field("embedding").type == pa.list_(pa.float16(), DIM)
+        np.testing.assert_allclose(x[np.argsort(ids)], reference, atol=2e-3)
+        assert read_table(out, need="none").x.dtype == np.float16
+        # A crash in the third wave: its shards and its manifest entry never made it.
+        manifest = json.loads((out / MANIFEST).read_text())
+        last = sorted(manifest["done"])[-1]
+        for name in manifest["done"].pop(last):
+            (out / name).unlink()
+        manifest["waves"] -= 1
+        (out / MANIFEST).write_text(json.dumps(manifest))
+        (out / "_wave-00002").mkdir()  # a half-written staging folder
+        (out / "_wave-00002" / "junk.parquet").write_bytes(b"half")
+        again = run_embed_job(str(src), str(out), model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
+                              log=lambda m: None)
+        assert again["embedded_now"] == 1 and not (out / "_wave-00002").exists()
+        assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(60))
+        # Other options into the same folder: refused.
+        with pytest.raises(ValueError, match="other options"):
+            run_embed_job(str(src), str(out), model_dir=str(tiny_model), dtype="float32", log=lambda m: None)
+        # A blank text inside a shard is one line naming the file and the column.
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        _write(bad / "b.parquet", {"text": ["a cat", "  "]})
+        with pytest.raises(DataError, match=r"b.parquet, column 'text': 1 rows have no text"):
+            run_embed_job(str(bad), str(tmp_path / "out-bad"), model_dir=str(tiny_model), log=lambda m: None)
+    finally:
+        ray.shutdown()

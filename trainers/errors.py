@@ -19,9 +19,12 @@ class DataError(InputError):
     """Malformed input data. ``str(err)`` names the file and the column (or field)."""
 
     def __init__(self, source, message: str, column: str | None = None, kind: str = "column"):
-        self.source, self.column = str(source), column
+        self.source, self.column, self.message, self.kind = str(source), column, message, kind
         where = f"{source}" + (f", {kind} '{column}'" if column else "")
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):  # pickled whole, so it survives a trip through a Ray task
+        return (self.__class__, (self.source, self.message, self.column, self.kind))
 
 
 class DataWarning(UserWarning):

@@ -6,6 +6,7 @@ gradient averaging across data-parallel workers, and a checkpoint with each repo
 a restarted worker group (or a pack re-dispatched after a crash) resumes.
 
   pu_pack_worker_loop   a PU search pack (PackJob in, PackReport per rung out)
+  pu_worker_loop        ``lossforge train-pu --workers``: one classifier on shares of the pool
   dpo_pack_worker_loop  a DPO search pack (PackJob in, PackReport per candidate out)
   dpo_worker_loop       ``lossforge train-dpo``: one model, a report per epoch
 """
@@ -16,11 +17,12 @@ import tempfile
 import time
 from functools import lru_cache
 
+import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
 
-from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackJob, PackReport
+from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackJob, PackReport, PUTrainJob
 from trainers.pu_pack import PackState, run_pack
 
 STATE_FILE = "state.pt"
@@ -129,6 +131,121 @@ def pu_pack_worker_loop(config: dict) -> None:
         return
     run_pack(job.plan, job.pack, job.candidates, device, (rank, world), population_sync if world > 1 else None,
              state, on_rung)
+
+
+# -- train-pu --workers ------------------------------------------------------------------------------
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every worker's ``obj``, in rank order."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def fixed_mmap_threshold(size: int = 128 * 1024) -> None:
+    """Large temporaries (batches, index permutations, validation chunks) are allocated and freed
+    every step. glibc raises its mmap threshold as they come and go, so later ones land in its
+    heap, whose freed memory it keeps: measured, a worker's resident memory grew by ~0.2 x its
+    share on top of the share. A fixed threshold (glibc's initial 128 KiB) gives them back on free."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, size)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def current_rss_bytes() -> int:
+    """This process's resident memory now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _read_share(job: PUTrainJob, cfg, rank: int, world: int):
+    """This worker's share, or the first worker's data error on every worker (all must stop
+    together: one leaving early would hang the others in the next collective)."""
+    from trainers.data.pu import read_pu_share
+    from trainers.errors import DataError
+
+    rss_start = current_rss_bytes()
+    started, share, error = time.perf_counter(), None, ""
+    try:
+        share = read_pu_share(job.train, rank, world, cfg.labelled_frac, cfg.seed, cfg.val_frac)
+    except DataError as err:
+        error = str(err)
+    seconds = time.perf_counter() - started
+    errors = [e for e in gather_objects(error, world) if e]
+    stats = {"rank": rank, "rows": 0 if share is None else len(share.x), "read_seconds": seconds, "rss_start": rss_start,
+             "bytes": 0 if share is None else int(share.x.nbytes)}
+    return share, (errors[0] if errors else None), stats
+
+
+def pu_worker_loop(config: dict) -> None:
+    """``lossforge train-pu --workers``: each worker reads its share of the pool (float16 stays
+    float16), all hold the few labelled positives; gradients are averaged; a report and a
+    checkpoint per epoch; a restarted run continues from its last epoch."""
+    from dataclasses import replace
+
+    from trainers.losses.taylor import TaylorLoss
+    from trainers.pu import NEEDS_PRIOR, build_population, evaluate_members, make_objective, run_epochs, share_data
+
+    fixed_mmap_threshold()
+    job: PUTrainJob = config["job"]
+    rank, world, device = worker_context()
+    cfg = replace(job.pu, device=str(device))
+    share, error, read_stats = _read_share(job, cfg, rank, world)
+    if error:
+        report({"data_error": error, "finished": True}, rank, None)
+        return
+    loss = TaylorLoss.from_dict(job.loss) if isinstance(job.loss, dict) else job.loss
+    method = loss if isinstance(loss, str) else "taylor"
+    gather = (lambda a: np.concatenate(gather_objects(a, world))) if world > 1 else None
+    tensors, val = share_data(share, method, device, gather)
+    prior = (cfg.prior if cfg.prior is not None else share.true_prior) if method in NEEDS_PRIOR else None
+    pop = build_population(make_objective(loss, prior, device), [cfg.seed], share.dim, cfg, stream=rank)
+    state = restore() or {}
+    if "population" in state:
+        pop.load_state_dict(state["population"])
+    resumed_from, last = pop.epoch, [time.perf_counter()]
+    sizes = {"n_train_unlabelled": len(tensors.unlabelled[0]) * world, "n_train_positive": len(tensors.x_positive),
+             "n_val": len(val.labelled[0]), "n_rows": share.total}
+
+    def worker_stats() -> list[dict]:
+        return gather_objects({**read_stats, "peak_rss": peak_rss_bytes()}, world)
+
+    def on_epoch(pop, stats, evaluations) -> None:
+        now = time.perf_counter()
+        metrics = {"epoch": pop.epoch, "epochs": cfg.epochs, "loss": float(stats["loss"][0]),
+                   "val_fitness": evaluations[0].fitness, "epoch_seconds": now - last[0],
+                   "replicas_in_sync": replicas_in_sync(list(pop.selector.parameters())),
+                   "resumed_from_epoch": resumed_from, "finished": False, "workers": worker_stats(), **sizes}
+        last[0] = now
+        state["history"] = state.get("history", []) + [metrics]
+        report(metrics, rank, {"population": pop.state_dict(), "history": state["history"]})
+
+    if "final" not in state:
+        run_epochs(pop, tensors, val, cfg, cfg.epochs, prior, sync=population_sync if world > 1 else None,
+                   on_epoch=on_epoch)
+        if cfg.select_epoch:
+            pop.use_best_selector()
+        (member,) = evaluate_members(pop, val, cfg.fitness, prior)
+        state["final"] = {"status": member.status, "val_fitness": member.fitness, "threshold_logit": member.threshold,
+                          "epoch_used": int(pop.best_epoch[0]) if cfg.select_epoch else pop.epoch, "prior_used": prior}
+    final = {**state["final"], **sizes, "finished": True, "workers": worker_stats(), "epochs": cfg.epochs,
+             "resumed_from_epoch": resumed_from}
+    report(final, rank, {"population": pop.state_dict(), "history": state.get("history", []), "final": state["final"]})
 
 
 # -- DPO ------------------------------------------------------------------------------------------------

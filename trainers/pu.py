@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trainers.config import PUConfig
-from trainers.data.pu import Fold, PUData, PUSplit, make_pu_split
+from trainers.data.pu import Fold, PUData, PUShare, PUSplit, make_pu_split
 from trainers.data.shards import EmbeddingTable, read_table
 from trainers.data.synthetic import synthetic_pu_problem
 from trainers.errors import UsageError
@@ -254,11 +254,21 @@ def build_population(
 @dataclass
 class TrainTensors:
     """Training data on the device: every row once, and per fold the rows each side of a pair
-    is drawn from (labelled positives; unlabelled points)."""
+    is drawn from (labelled positives; unlabelled points).
 
-    x: torch.Tensor  # [N, dim] float32
+    Embeddings keep their stored precision (float16 data stays float16: half the memory) and
+    are cast to float32 one batch at a time. ``positive`` rows index ``x_positive``, which is
+    ``x`` itself except for a data-parallel worker holding only its share of the pool: it keeps
+    the (few) labelled positives of every worker in an array of their own."""
+
+    x: torch.Tensor  # [N, dim] float16 or float32
     positive: list[torch.Tensor]  # per fold: rows of labelled positives (true positives for the oracle)
     unlabelled: list[torch.Tensor]  # per fold: rows of unlabelled points (true negatives for the oracle)
+    x_positive: torch.Tensor | None = None  # default: x
+
+    def __post_init__(self):
+        if self.x_positive is None:
+            self.x_positive = self.x
 
     @classmethod
     def from_folds(
@@ -279,7 +289,7 @@ class TrainTensors:
             unl = unl[: len(unl) // world * world][rank::world]
             positive.append(torch.as_tensor(pos, device=device))
             unlabelled.append(torch.as_tensor(unl, device=device))
-        x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
+        x = torch.as_tensor(data.x, device=device)  # no copy on a CPU; cast per batch
         return cls(x=x, positive=positive, unlabelled=unlabelled)
 
     @classmethod
@@ -289,11 +299,17 @@ class TrainTensors:
 
 @dataclass
 class ValidationSets:
-    """Per fold: the validation embeddings, which of them are labelled, and the truth (reporting)."""
+    """Per fold: the validation embeddings, which of them are labelled, and the truth (reporting).
+
+    A data-parallel worker holding a share of the data validates on its own rows ``x[f][rows[f]]``
+    (no copy) and ``gather`` joins every worker's scores in rank order, so ``labelled`` and
+    ``truth`` describe the joined validation set and every worker computes the same fitness."""
 
     x: list[np.ndarray]
     labelled: list[np.ndarray]
     truth: list[np.ndarray | None] = field(default_factory=list)
+    rows: list[np.ndarray] | None = None  # per fold: rows of x that validate (None: all of x)
+    gather: Callable[[np.ndarray], np.ndarray] | None = None  # joins arrays across workers (axis 0)
 
     @classmethod
     def from_folds(cls, data: PUData, folds: list[Fold]) -> "ValidationSets":
@@ -303,6 +319,31 @@ class ValidationSets:
     @classmethod
     def from_split(cls, split: PUSplit) -> "ValidationSets":
         return cls.from_folds(split.data, [split.fold])
+
+
+def share_data(share: PUShare, method: str, device="cpu", gather: Callable[[np.ndarray], np.ndarray] | None = None
+               ) -> tuple[TrainTensors, ValidationSets]:
+    """A data-parallel worker's training tensors and validation set, from its share: its own
+    unlabelled rows, every worker's labelled positives (few: ``gather`` joins arrays across
+    workers in rank order), and the same number of unlabelled rows on every worker -- the
+    smallest share's -- so all take the same steps (an all-reduce would wait for ever)."""
+    gather = gather or (lambda a: a)
+    if method == "oracle":
+        raise UsageError("--loss oracle needs the whole truth in one process: train it without --workers")
+    train_positive = np.flatnonzero(share.labelled & ~share.in_val)
+    unlabelled = np.flatnonzero(~share.labelled & ~share.in_val)
+    unlabelled = unlabelled[: int(gather(np.array([len(unlabelled)])).min())]
+    x_positive = gather(share.x[train_positive])
+    tensors = TrainTensors(
+        x=torch.as_tensor(share.x, device=device),
+        positive=[torch.arange(len(x_positive), device=device)],
+        unlabelled=[torch.as_tensor(unlabelled, device=device)],
+        x_positive=torch.as_tensor(x_positive, device=device),
+    )
+    val_rows = np.flatnonzero(share.in_val)
+    truth = None if share.truth is None else gather(share.truth[val_rows])
+    val = ValidationSets([share.x], [gather(share.labelled[val_rows])], [truth], rows=[val_rows], gather=gather)
+    return tensors, val
 
 
 # -- one training epoch ------------------------------------------------------------------------
@@ -321,7 +362,7 @@ def _epoch_indices(pop: Population, data: TrainTensors, batch_size: int) -> tupl
         order = torch.randperm(len(data.unlabelled[f]), generator=g)[: steps * b]
         draw = torch.randint(len(data.positive[f]), (steps * b,), generator=g)
         u.append(data.unlabelled[f][order.to(data.x.device)])
-        p.append(data.positive[f][draw.to(data.x.device)])
+        p.append(data.positive[f][draw.to(data.x_positive.device)])
     return torch.stack(p), torch.stack(u), steps, b
 
 
@@ -381,7 +422,8 @@ def train_epoch(
     total = torch.zeros(pop.size, device=data.x.device)
     for s in range(steps):
         batch = slice(s * b, (s + 1) * b)
-        xp, xu = data.x[p_idx[:, batch]], data.x[u_idx[:, batch]]
+        # Cast per batch: the pool stays in its stored precision (float16 data: half the memory).
+        xp, xu = data.x_positive[p_idx[:, batch]].float(), data.x[u_idx[:, batch]].float()
         losses = _member_losses(pop, xp, xu, None if mixes is None else mixes[:, batch], cfg)
         pop.alive &= torch.isfinite(losses)
         pop.optimizer.zero_grad(set_to_none=False)
@@ -410,12 +452,17 @@ def train_epoch(
 
 
 @torch.no_grad()
-def selector_scores(pop: Population, x: np.ndarray | torch.Tensor, chunk: int = 8192) -> np.ndarray:
-    """Selector logits ``[K, N]`` for every member (NaN rows for diverged members)."""
+def selector_scores(pop: Population, x: np.ndarray | torch.Tensor, chunk: int = 8192, rows: np.ndarray | None = None) -> np.ndarray:
+    """Selector logits ``[K, N]`` for every member (NaN rows for diverged members), of ``x`` or
+    of its ``rows``; cast to float32 a chunk at a time."""
     pop.selector.eval()
     device = next(pop.selector.parameters()).device
-    x = torch.as_tensor(x, dtype=torch.float32, device=device)
-    out = torch.cat([pop.selector(x[i : i + chunk]) for i in range(0, len(x), chunk)], dim=1).double().cpu().numpy()
+    n = len(x) if rows is None else len(rows)
+    parts = [torch.zeros(pop.size, 0, dtype=torch.float32, device=device)]
+    for i in range(0, n, chunk):
+        part = x[i : i + chunk] if rows is None else x[rows[i : i + chunk]]
+        parts.append(pop.selector(torch.as_tensor(part, device=device).float()))
+    out = torch.cat(parts, dim=1).double().cpu().numpy()
     out[~pop.alive.cpu().numpy()] = np.nan
     return out
 
@@ -433,7 +480,9 @@ def evaluate_members(pop: Population, val: ValidationSets, fitness: str, prior: 
     results: list[MemberEvaluation | None] = [None] * pop.size
     for f in sorted(set(pop.member_fold.tolist())):
         members = np.flatnonzero(pop.member_fold == f)
-        scores = selector_scores(pop, val.x[f])
+        scores = selector_scores(pop, val.x[f], rows=None if val.rows is None else val.rows[f])
+        if val.gather is not None:
+            scores = val.gather(scores.T).T  # every worker's validation rows, in rank order
         for k in members:
             row = scores[k]
             if not np.isfinite(row).all():
@@ -562,3 +611,14 @@ def load_tables(train_path: str | None, test_path: str | None) -> tuple[Embeddin
     train = read_table(train_path, need="any")
     test = read_table(test_path, need="label") if test_path else None
     return train, test
+
+
+def classifier_of(pop: Population, threshold_logit: float, cfg: PUConfig, **details):
+    """Member 0's selector as a :class:`trainers.classifier.PUClassifier` that records its loss
+    (name and, for a Taylor loss, its terms), its configuration and ``details``."""
+    from trainers.classifier import PUClassifier
+
+    loss = resolve_loss(cfg.loss)
+    meta = {"loss": loss_label(loss), "loss_spec": loss.to_dict() if isinstance(loss, TaylorLoss) else loss,
+            "config": asdict(cfg), "fitness": cfg.fitness, **details}
+    return PUClassifier.from_population(pop, 0, threshold_logit, meta)

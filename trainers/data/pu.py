@@ -19,12 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
-from trainers.data.shards import LABEL, LABELLED, DataError, EmbeddingTable
+from trainers.data.shards import LABEL, LABELLED, DataError, EmbeddingTable, open_shards, read_labels, read_rows
 from trainers.errors import DataWarning, UsageError
 
 # Independent random streams derived from one run seed, so changing how one is used never
 # shifts another.
-_LABELLING_STREAM, _SPLIT_STREAM = 1, 2
+_LABELLING_STREAM, _SPLIT_STREAM, _SAMPLE_STREAM = 1, 2, 3
 
 
 @dataclass
@@ -41,14 +41,7 @@ class PUData:
         """Label (or take the labels of) ``table``; one error naming the file and column when
         there are too few labelled or unlabelled rows to train and validate."""
         labelled = pu_labels(table, labelled_frac, seed)
-        column = LABELLED if table.labelled is not None else LABEL
-        if table.label is not None and bool(table.label.all()):
-            warnings.warn(f"{table.source}, column '{LABEL}': every row is positive; with no negatives PU training "
-                          "has nothing to separate and test metrics say nothing", DataWarning, stacklevel=2)
-        if labelled.sum() < 2:
-            raise DataError(table.source, "need at least 2 labelled positives (one to train, one to validate)", column)
-        if (~labelled).sum() < 2:
-            raise DataError(table.source, "need at least 2 unlabelled rows", column)
+        check_counts(table, labelled)
         return cls(table.x, labelled, table.label, table.source)
 
     @property
@@ -68,8 +61,7 @@ class PUData:
         rng = np.random.default_rng(list(entropy))
         in_val = np.zeros(len(self.x), dtype=bool)
         for group in (np.flatnonzero(self.labelled), np.flatnonzero(~self.labelled)):
-            n_val = min(max(1, int(round(val_frac * len(group)))), len(group) - 1)
-            in_val[rng.choice(group, size=n_val, replace=False)] = True
+            in_val[_validation_draw(rng, group, val_frac)] = True
         train, val = np.flatnonzero(~in_val), np.flatnonzero(in_val)
         return Fold(
             train_positive=train[self.labelled[train]],
@@ -77,6 +69,24 @@ class PUData:
             val=val,
             val_labelled=self.labelled[val],
         )
+
+
+def check_counts(table: EmbeddingTable, labelled: np.ndarray) -> None:
+    """Enough labelled and unlabelled rows to train and validate, or one error naming the column."""
+    column = LABELLED if table.labelled is not None else LABEL
+    if table.label is not None and bool(table.label.all()):
+        warnings.warn(f"{table.source}, column '{LABEL}': every row is positive; with no negatives PU training "
+                      "has nothing to separate and test metrics say nothing", DataWarning, stacklevel=3)
+    if labelled.sum() < 2:
+        raise DataError(table.source, "need at least 2 labelled positives (one to train, one to validate)", column)
+    if (~labelled).sum() < 2:
+        raise DataError(table.source, "need at least 2 unlabelled rows", column)
+
+
+def _validation_draw(rng: np.random.Generator, group: np.ndarray, val_frac: float) -> np.ndarray:
+    """The rows of ``group`` that validate: the asked share, at least one on each side."""
+    n_val = min(max(1, int(round(val_frac * len(group)))), len(group) - 1)
+    return rng.choice(group, size=n_val, replace=False)
 
 
 @dataclass
@@ -162,3 +172,89 @@ def make_pu_split(table: EmbeddingTable, labelled_frac: float = 0.1, seed: int =
     data = PUData.from_table(table, labelled_frac, seed)
     return PUSplit(data, data.fold(val_frac, split_entropy(seed)))
 
+
+
+# -- a data-parallel worker's share, and a sample ---------------------------------------------------
+
+
+def row_uniform(seed: int, rows: np.ndarray) -> np.ndarray:
+    """A uniform number in [0, 1) for each global row id, from (seed, row id) alone (two rounds
+    of splitmix64): any worker draws any row's number without seeing the others."""
+    mask = (1 << 64) - 1
+    key = np.uint64((seed * 0x9E3779B97F4A7C15 + _SPLIT_STREAM * 0xBF58476D1CE4E5B9) & mask)
+    z = np.asarray(rows, dtype=np.uint64) ^ key
+    with np.errstate(over="ignore"):
+        for _ in range(2):
+            z = z + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+@dataclass
+class PUShare:
+    """One data-parallel worker's part of a PU training set: rows [start, start + len(x)) of
+    the whole, with the labelling and validation split every worker agrees on.
+
+    The labelling is the in-process one (``pu_labels`` over the label columns of every row:
+    one byte a row). The labelled positives' validation draw is the in-process one too (they are
+    few); an unlabelled row validates when :func:`row_uniform` of its global id is below
+    ``val_frac`` -- seeded by the row id, so no worker reads another's rows for it."""
+
+    x: np.ndarray  # this worker's rows, stored precision
+    start: int
+    total: int  # rows in the whole set
+    labelled: np.ndarray  # bool, this worker's rows
+    truth: np.ndarray | None
+    in_val: np.ndarray  # bool, this worker's rows
+    true_prior: float | None
+    source: str
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1]
+
+
+def read_pu_share(source: str, rank: int, world: int, labelled_frac: float, seed: int, val_frac: float) -> PUShare:
+    """Read worker ``rank``'s equal share (rows total*rank/world .. total*(rank+1)/world) and no
+    other embeddings."""
+    shards = open_shards(source, "any")
+    total = shards.rows
+    if total < 2 * world:
+        raise DataError(source, f"{total} rows cannot be shared by {world} workers")
+    labels = read_labels(shards)
+    whole = EmbeddingTable(x=np.empty((total, 0), np.float32), label=labels.get(LABEL), labelled=labels.get(LABELLED),
+                           source=str(source))
+    labelled = pu_labels(whole, labelled_frac, seed)
+    check_counts(whole, labelled)
+    start, stop = total * rank // world, total * (rank + 1) // world
+    val_labelled = _validation_draw(np.random.default_rng(split_entropy(seed)), np.flatnonzero(labelled), val_frac)
+    in_val = row_uniform(seed, np.arange(start, stop)) < val_frac
+    mine = labelled[start:stop]
+    in_val[mine] = np.isin(np.flatnonzero(mine) + start, val_labelled)
+    table = read_rows(shards, start, stop)
+    truth = None if whole.label is None else whole.label[start:stop].copy()
+    prior = None if whole.label is None else float(whole.label.mean())
+    return PUShare(table.x, start, total, mine.copy(), truth, in_val, prior, str(source))
+
+
+def stratified_sample(source: str, n: int, seed: int) -> EmbeddingTable:
+    """A seeded sample of about ``n`` rows, stratified: labelled and unlabelled rows (benchmark
+    data: positives and negatives by the truth) each keep their share of the whole. Reads the
+    label columns, then only the row groups that hold sampled rows, one at a time."""
+    shards = open_shards(source, "any")
+    labels = read_labels(shards)
+    strata = labels[LABELLED] if LABELLED in labels else labels[LABEL]
+    total = len(strata)
+    if n >= total:
+        return read_rows(shards)
+    rng = np.random.default_rng([seed, _SAMPLE_STREAM])
+    chosen = []
+    for value in (1, 0):
+        group = np.flatnonzero(strata == value)
+        chosen.append(rng.choice(group, size=min(len(group), int(round(n * len(group) / total))), replace=False))
+    keep = np.sort(np.concatenate(chosen))
+    table = read_rows(shards, keep=keep)
+    table.source = f"{source} (a stratified sample of {len(keep)} of {total} rows)"
+    return table

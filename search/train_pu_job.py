@@ -1,0 +1,173 @@
+"""``lossforge train-pu --workers W``: one PU classifier trained on the full pool as a Ray Train
+job, each worker reading only its share (see ``trainers.loop.pu_worker_loop``).
+
+Layout of ``--run-dir``:
+  run.json        the options the run started with (``--resume`` reads them back)
+  progress.jsonl  one line per epoch (rank 0's report: loss, validation fitness, per-worker rows,
+                  read time and peak memory)
+  ray/train-pu/   the Ray Train run and its per-epoch checkpoints
+  metrics.json    the history, the final validation and test metrics
+The classifier goes to ``--save`` (a folder or URI), as ``train-pu --save`` writes it in-process.
+
+Before anything is written or Ray starts, the driver checks the options, the shards' footers,
+the label columns (one byte a row: the labelling and its counts) and the outputs. The
+embeddings themselves are read only by the workers, each its share; a bad value found there
+(NaN, a ragged row) stops every worker, and the driver reports it as one line and removes the
+run folder it had just created.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from search.driver import Scaling
+from search.train_job import ProgressFile, _absolute, _complete_lines
+from trainers.boundary import PUTrainJob
+from trainers.config import PUConfig
+from trainers.errors import DataError, UsageError
+from trainers.files import write_json
+from trainers.loop import STATE_FILE
+
+RUN_NAME = "train-pu"
+SPEC_FILE = "run.json"
+PROGRESS_FILE = "progress.jsonl"
+
+
+def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
+    """Validate the options, read the footers and label columns, check the outputs."""
+
+    def read(spec: dict):
+        from search.driver import check_output_file, check_output_folder
+        from trainers.data.pu import check_counts, pu_labels
+        from trainers.data.shards import LABEL, LABELLED, EmbeddingTable, open_shards, read_labels, read_table
+        from trainers.pu import NEEDS_PRIOR, resolve_loss
+
+        import numpy as np
+
+        cfg, scaling = PUConfig(**spec["pu"]), Scaling(**spec["scaling"])
+        cfg.validate()
+        if scaling.workers < 1 or scaling.cpus_per_worker < 0 or scaling.gpus_per_worker < 0:
+            raise UsageError("--workers must be >= 1 and --cpus/--gpus-per-worker >= 0")
+        if scaling.gpus_per_worker > 0 and address is None and not torch.cuda.is_available():
+            raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
+        if spec["train"] is None:
+            raise UsageError("--workers trains on your data: give --train (a folder of shards, a file or a URI)")
+        loss = resolve_loss(cfg.loss)
+        if loss == "oracle":
+            raise UsageError("--loss oracle needs the whole truth in one process: train it without --workers")
+        inputs = [p for p in (spec["train"], spec["test"]) if p]
+        if spec["out"] and not resume:
+            check_output_file(spec["out"], inputs, overwrite, (".json",))
+        if spec["save"] and not resume:
+            check_output_folder(spec["save"], inputs, overwrite, "--save")
+        shards = open_shards(spec["train"], "any")
+        labels = read_labels(shards)
+        whole = EmbeddingTable(np.empty((shards.rows, 0), np.float32), labels.get(LABEL), labels.get(LABELLED),
+                               spec["train"])
+        check_counts(whole, pu_labels(whole, cfg.labelled_frac, cfg.seed))
+        if loss in NEEDS_PRIOR and cfg.prior is None and whole.label is None:
+            raise UsageError(f"{loss} needs the class prior: pass --prior (no truth 'label' to take it from)")
+        test = read_table(spec["test"], need="label") if spec["test"] else None
+        return loss, shards.rows, test
+
+    return read
+
+
+def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir: str, save: str | None,
+                     scaling: Scaling = Scaling(), resume: bool = False, address: str | None = None,
+                     out: str | None = None, overwrite: bool = False, log=print) -> dict:
+    """Train (or resume) one classifier as a Ray Train job; save it; score the test set once."""
+    from search.background import every
+    from search.driver import RunFolder, start_ray, start_run, train_job
+    from trainers.loop import pu_worker_loop
+
+    started = time.perf_counter()
+    folder = RunFolder(Path(run_dir).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
+    fresh = not resume and not folder.path.exists()
+    spec = None if resume else {"pu": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
+                                "save": save if save is None else _absolute(save), "out": out, "scaling": asdict(scaling)}
+    spec, (loss, rows, test_table) = start_run(folder, resume, spec, _pu_inputs(address, overwrite, resume))
+    cfg, scaling = PUConfig(**spec["pu"]), Scaling(**spec["scaling"])
+    start_ray(address)
+    log(f"train-pu: {rows} rows from {spec['train']}, loss {cfg.loss}, {scaling.workers} worker(s), each reading its "
+        f"share -> {folder.path}")
+    job = PUTrainJob(spec["train"], cfg, loss if isinstance(loss, str) else loss.to_dict())
+    progress = folder.path / PROGRESS_FILE
+    trainer = train_job(pu_worker_loop, {"job": job}, scaling, RUN_NAME, str(folder.path / "ray"), keep=1,
+                        callbacks=[ProgressFile(progress)])
+    with every(0.5, _progress_printer(progress, cfg.epochs, log)):
+        result = trainer.fit()
+    last = _last_report(progress)
+    if last.get("data_error"):
+        if fresh:
+            shutil.rmtree(folder.path, ignore_errors=True)  # nothing written, as for any bad input
+        where, _, message = last["data_error"].partition(": ")
+        raise DataError(where, message)  # the worker's one line, as it said it
+    if result.checkpoint is None:
+        raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as checkpoint:
+        state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+    return _finish(folder.path, spec, cfg, loss, state, last, test_table, started, log)
+
+
+def _finish(path: Path, spec: dict, cfg: PUConfig, loss, state: dict, last: dict, test_table, started: float, log) -> dict:
+    from trainers.classifier import PUClassifier
+    from trainers.metrics import classification_metrics
+
+    final = state["final"]
+    metrics = {"status": final["status"], "loss": cfg.loss, "fitness": cfg.fitness, "val_fitness": final["val_fitness"],
+               "threshold_logit": final["threshold_logit"], "epoch_used": final["epoch_used"],
+               "prior_used": final["prior_used"], "train": spec["train"], "test": spec["test"], "config": asdict(cfg),
+               "workers": last.get("workers", []), "history": state.get("history", []),
+               "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state.get("history", [])),
+               **{k: last.get(k) for k in ("n_rows", "n_train_unlabelled", "n_train_positive", "n_val")}}
+    if final["status"] == "ok":
+        from trainers.pu import loss_label
+
+        meta = {"loss": loss_label(loss), "loss_spec": loss if isinstance(loss, str) else loss.to_dict(),
+                "config": asdict(cfg), "fitness": cfg.fitness, "val_fitness": final["val_fitness"],
+                "train": spec["train"], "n_train": last.get("n_rows"), "epoch_used": final["epoch_used"],
+                "workers": len(metrics["workers"])}
+        classifier = PUClassifier.from_selector_state(state["population"]["selector"], 0, final["threshold_logit"], meta)
+        metrics["threshold"] = classifier.threshold
+        if spec["save"]:
+            classifier.save(spec["save"])
+            log(f"saved the classifier to {spec['save']}")
+        if test_table is not None:
+            scores = classifier.logits(test_table.x)
+            metrics.update({f"test_{k}": v for k, v in classification_metrics(scores, test_table.label,
+                                                                                final["threshold_logit"]).items()})
+            log("test  " + "  ".join(f"{k} {metrics['test_' + k]:.4f}" for k in ("f1", "auc", "accuracy")))
+    metrics["seconds"] = time.perf_counter() - started
+    write_json(path / "metrics.json", metrics)
+    if spec["out"]:
+        write_json(spec["out"], metrics)
+    log(f"validation {cfg.fitness} {final['val_fitness']:.4f}; metrics in {path / 'metrics.json'}")
+    return metrics
+
+
+def _last_report(path: Path) -> dict:
+    lines = _complete_lines(path)
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _progress_printer(path: Path, epochs: int, log):
+    seen = [len(_complete_lines(path))]
+
+    def print_new() -> None:
+        lines = _complete_lines(path)
+        for line in lines[seen[0]:]:
+            m = json.loads(line)
+            if "epoch" in m and not m.get("finished"):
+                rows = "/".join(str(w["rows"]) for w in m.get("workers", []))
+                log(f"  epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val fitness {m['val_fitness']:.4f}  "
+                    f"{m['epoch_seconds']:.1f} s  rows per worker {rows}"
+                    + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
+        seen[0] = max(seen[0], len(lines))
+
+    return print_new
