@@ -24,21 +24,28 @@ class ReportFile(UserCallback):
             f.write(json.dumps(metrics[0], default=float) + "\n")
 
 
-def report_printer(path: Path, line: Callable[[dict], str], log) -> Callable[[], None]:
+def complete_lines(path: Path) -> list[str]:
+    """The file's lines up to its last newline: a half-written last line is left for later."""
+    raw = path.read_text() if path.exists() else ""
+    return raw[: raw.rfind("\n") + 1].splitlines()
+
+
+def last_report(path: Path) -> dict:
+    lines = complete_lines(path)
+    return json.loads(lines[-1]) if lines else {}
+
+
+def report_printer(path: Path, line: Callable[[dict], str | None], log) -> Callable[[], None]:
     """A function that logs ``line(report)`` for each report appended to ``path`` since its last
-    call (reports from before a resume were printed by that earlier run). A half-written last
-    line is left for the next call."""
-
-    def complete_lines() -> list[str]:
-        raw = path.read_text() if path.exists() else ""
-        return raw[: raw.rfind("\n") + 1].splitlines()
-
-    seen = [len(complete_lines())]
+    call (reports from before a resume were printed by that earlier run); a line of None is not
+    logged."""
+    seen = [len(complete_lines(path))]
 
     def print_new() -> None:
-        lines = complete_lines()
+        lines = complete_lines(path)
         for text in lines[seen[0]:]:
-            log(line(json.loads(text)))
+            if (message := line(json.loads(text))) is not None:
+                log(message)
         seen[0] = max(seen[0], len(lines))
 
     return print_new

@@ -17,7 +17,6 @@ run folder it had just created.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict
@@ -26,7 +25,8 @@ from pathlib import Path
 import torch
 
 from search.driver import Scaling
-from search.train_job import ProgressFile, _absolute, _complete_lines
+from search.progress import ReportFile, last_report, report_printer
+from search.train_job import _absolute
 from trainers.boundary import PUTrainJob
 from trainers.config import PUConfig
 from trainers.errors import DataError, UsageError
@@ -99,10 +99,10 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
     job = PUTrainJob(spec["train"], cfg, loss if isinstance(loss, str) else loss.to_dict())
     progress = folder.path / PROGRESS_FILE
     trainer = train_job(pu_worker_loop, {"job": job}, scaling, RUN_NAME, str(folder.path / "ray"), keep=1,
-                        callbacks=[ProgressFile(progress)])
+                        callbacks=[ReportFile(progress)])
     with every(0.5, _progress_printer(progress, cfg.epochs, log)):
         result = trainer.fit()
-    last = _last_report(progress)
+    last = last_report(progress)
     if last.get("data_error"):
         if fresh:
             shutil.rmtree(folder.path, ignore_errors=True)  # nothing written, as for any bad input
@@ -151,23 +151,15 @@ def _finish(path: Path, spec: dict, cfg: PUConfig, loss, state: dict, last: dict
     return metrics
 
 
-def _last_report(path: Path) -> dict:
-    lines = _complete_lines(path)
-    return json.loads(lines[-1]) if lines else {}
-
-
 def _progress_printer(path: Path, epochs: int, log):
-    seen = [len(_complete_lines(path))]
+    """Prints the epoch lines appended to ``progress.jsonl`` since its last call."""
 
-    def print_new() -> None:
-        lines = _complete_lines(path)
-        for line in lines[seen[0]:]:
-            m = json.loads(line)
-            if "epoch" in m and not m.get("finished"):
-                rows = "/".join(str(w["rows"]) for w in m.get("workers", []))
-                log(f"  epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val fitness {m['val_fitness']:.4f}  "
-                    f"{m['epoch_seconds']:.1f} s  rows per worker {rows}"
-                    + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
-        seen[0] = max(seen[0], len(lines))
+    def line(m: dict) -> str | None:
+        if "epoch" not in m or m.get("finished"):
+            return None
+        rows = "/".join(str(w["rows"]) for w in m.get("workers", []))
+        return (f"  epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val fitness {m['val_fitness']:.4f}  "
+                f"{m['epoch_seconds']:.1f} s  rows per worker {rows}"
+                + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
 
-    return print_new
+    return report_printer(path, line, log)

@@ -3,7 +3,6 @@ predict; bad model folders and mismatched dimensions are one clear error, nothin
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_embeddings

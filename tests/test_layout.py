@@ -41,3 +41,11 @@ def test_lower_layers_do_not_import_the_recipe():
         for path in (REPO / "trainers" / folder).rglob("*.py"):
             modules = imported_modules(path)
             assert not modules & {"trainers.pu", "trainers.dpo", "trainers.loop", "trainers.scorer"}, path
+
+
+def test_every_module_and_every_name_it_imports_from_the_project_exist():
+    """A module only the slow tests import (a Ray job) must not hide a broken import until then."""
+    modules = sorted(p.relative_to(REPO).with_suffix("").as_posix().replace("/", ".")
+                     for folder in ("trainers", "search") for p in (REPO / folder).rglob("*.py"))
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, check=True)

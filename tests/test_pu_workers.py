@@ -1,7 +1,6 @@
 """train-pu --workers: a Ray Train job on a real local cluster, each worker reading its share."""
 import json
 
-import numpy as np
 import pytest
 import ray
 

@@ -7,7 +7,7 @@ import torch
 
 from trainers.data.pu import make_pu_split, read_pu_share, row_uniform, stratified_sample
 from trainers.data.shards import embeddings_to_arrow, open_shards, read_rows, read_table
-from trainers.pu import PUConfig, TrainTensors, share_data, train_epoch, build_population, Objective
+from trainers.pu import PUConfig, share_data, train_epoch, build_population, Objective
 
 
 def write_half(path, x, rows_per_group=50, **columns):
