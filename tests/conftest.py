@@ -35,6 +35,18 @@ def pu_parquet(tmp_path):
     return tmp_path / "train"
 
 
+@pytest.fixture
+def local_ray():
+    """A fresh 2-CPU local cluster per test: a search or a Train job is one driver's job."""
+    import ray
+
+    from search.tuner import RAY_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def shared_pu(name):
     if not (SHARED_PU / name / "train.parquet").exists():
         pytest.skip("../shared/data is absent (a user's clone has none)")

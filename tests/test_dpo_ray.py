@@ -5,12 +5,11 @@ import os
 import signal
 
 import pytest
-import ray
 from raycluster import kill_session, lossforge, wait_for
 
 from search.evaluations import EvaluationLog
 from search.options import PreferenceSearchOptions, SearchOptions
-from search.tuner import RAY_ENV, run_search
+from search.tuner import run_search
 from trainers.losses.preference_taylor import PreferenceTaylorLoss
 from trainers.scorer import PreferenceScorer
 
@@ -49,12 +48,6 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
     scorer = PreferenceScorer.load(out / "scorer")
     assert scorer.meta["mode"] == "encoder" and scorer.meta["loss"] == "dpo"
 
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):

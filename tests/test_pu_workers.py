@@ -2,20 +2,12 @@
 import json
 
 import pytest
-import ray
 
 from search.cli import main
-from search.tuner import RAY_ENV
 from shares_helpers import write_pool
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_bad_rows_in_one_share_stop_every_worker_with_one_line(tmp_path, local_ray, capsys):

@@ -13,7 +13,7 @@ from search.cli import main
 from search.evaluations import EvaluationLog
 from search.options import PUSearchOptions, SearchOptions
 from search.searcher import PackSearcher
-from search.tuner import RAY_ENV, run_search
+from search.tuner import run_search
 from trainers.boundary import DIVERGED_FITNESS
 from trainers.losses.taylor import TaylorLoss
 
@@ -22,13 +22,6 @@ SMALL_PU = PUSearchOptions(rungs=[1], reevaluate=2, reevaluation_folds=2, reeval
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def local_ray():
-    # One fresh cluster per test: a search is one driver's job.
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_search_end_to_end(tmp_path, local_ray, capsys):
