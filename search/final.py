@@ -31,7 +31,7 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
             result = train_pu(cfg, train, test)
             entry[label] = {k: result.get(k) for k in ("val_fitness", "test_f1", "test_auc", "threshold", "status")}
         report["datasets"].append(entry)
-        log(f"test split of {Path(entry['test']).name} (scored once, after the search): " + "  ".join(
+        log(f"test split {entry['test']} (scored once, after the search): " + "  ".join(
             f"{k}: F1 {entry[k]['test_f1']:.4f} AUC {entry[k]['test_auc']:.4f}" for k in ("best", "pan")
             if entry[k].get("test_f1") is not None))
     write_json(folder / FINAL_REPORT, report)

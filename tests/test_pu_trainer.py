@@ -117,12 +117,13 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
     assert "unknown loss 'nope'" in err and "--prior" in err
 
 
-def test_the_zoo_loss_ships_and_trains(capsys):
+@pytest.mark.parametrize("name", ["pu-taylor-v1", "pu-taylor-v2"])
+def test_the_zoo_losses_ship_and_train(name, capsys):
     from trainers.pu import resolve_loss, zoo_names
 
-    assert "pu-taylor-v1" in zoo_names()
-    loss = resolve_loss("zoo:pu-taylor-v1")
-    assert isinstance(loss, TaylorLoss) and loss.name == "pu-taylor-v1"
-    assert main(["train-pu", "--smoke-test", "--loss", "zoo:pu-taylor-v1"]) == 0
+    assert name in zoo_names()
+    loss = resolve_loss(f"zoo:{name}")
+    assert isinstance(loss, TaylorLoss) and loss.name == name
+    assert main(["train-pu", "--smoke-test", "--loss", f"zoo:{name}"]) == 0
     assert main(["train-pu", "--smoke-test", "--loss", "zoo:nope"]) == 2
-    assert "zoo:pu-taylor-v1" in capsys.readouterr().err
+    assert f"zoo:{name}" in capsys.readouterr().err
