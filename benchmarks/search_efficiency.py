@@ -35,6 +35,8 @@ OPTIMIZERS = ["TwoPointsDE", "CMA-pop16", "NGOpt", "TBPSA", "NoisyDE", "PSO"]
 
 
 def build_optimizer(name: str, space: TaylorSpace, budget: int, workers: int, seed: int):
+    """``workers`` is what a search tells the optimiser: the candidates it can have in flight
+    (pack x concurrent trials), which sets DE's population (max(30, workers)) among others."""
     import nevergrad as ng
 
     if name.startswith("CMA-pop"):
@@ -44,9 +46,9 @@ def build_optimizer(name: str, space: TaylorSpace, budget: int, workers: int, se
     return make_optimizer(name, space, budget, workers, seed)
 
 
-def run_optimizer(name: str, budget: int, pack: int, plan, space: TaylorSpace, seed: int):
+def run_optimizer(name: str, budget: int, pack: int, workers: int, plan, space: TaylorSpace, seed: int):
     """(best-so-far curve, optimiser, every (vector, fitness) told)."""
-    opt = build_optimizer(name, space, budget, pack, seed)
+    opt = build_optimizer(name, space, budget, workers, seed)
     history, told = [], []
     while len(history) < budget:
         asked = [opt.ask() for _ in range(min(pack, budget - len(history)))]
@@ -75,6 +77,8 @@ def main() -> None:
     p.add_argument("--max-factor", type=float, default=1.0, help="other optimisers' budget, as a multiple of N")
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     p.add_argument("--pack", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="trials a search runs at once (2 on 2 CPUs): the optimiser is told pack x concurrency workers")
     p.add_argument("--train", help="Parquet shards (default: the built-in problem)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=2, help="repeat every search with this many seeds")
@@ -88,17 +92,17 @@ def main() -> None:
     plan, space = task.plan(opts, task.read_inputs(opts)), TaylorSpace(opts.order)
     print(f"{args.train or 'built-in problem'}, order {space.order} ({space.dimension} dims), {args.epochs} epochs, "
           f"rungs {plan.rungs}, folds {plan.folds}, controls {[c['name'] for c in plan.controls]}, packs of {args.pack}")
-    table = {}
+    table, workers = {}, args.pack * args.concurrency
     for seed in range(args.seeds):
         t = time.perf_counter()
-        random_curve, random_opt, random_told = run_optimizer("RandomSearch", args.n, args.pack, plan, space, seed)
+        random_curve, random_opt, random_told = run_optimizer("RandomSearch", args.n, args.pack, workers, plan, space, seed)
         target = random_curve[-1]
         table.setdefault("RandomSearch", []).append({"needed": args.n, "best": float(target),
                                                      "pick": final_pick(random_opt, random_told, plan, space)})
         print(f"seed {seed}: random best of {args.n} = {target:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
         for name in args.optimizers.split(","):
             t = time.perf_counter()
-            curve, opt, told = run_optimizer(name, int(args.max_factor * args.n), args.pack, plan, space, seed)
+            curve, opt, told = run_optimizer(name, int(args.max_factor * args.n), args.pack, workers, plan, space, seed)
             hit = np.flatnonzero(curve >= target)
             row = {"needed": int(hit[0]) + 1 if len(hit) else None, "best": float(curve[-1]),
                    "pick": final_pick(opt, told, plan, space)}
