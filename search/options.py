@@ -13,7 +13,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from trainers.config import DEFAULT_FITNESS, PU_FITNESS, TRUTH_FITNESS, opt
+from trainers.config import PU_FITNESS, SEARCH_DEFAULT_FITNESS, TRUTH_FITNESS, opt
 from trainers.errors import UsageError
 
 DEFAULT_STORAGE = "lossforge_results"
@@ -23,7 +23,7 @@ DEFAULT_STORAGE = "lossforge_results"
 class PUSearchOptions:
     labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled (SCAR)")
     prior: float | None = opt(None, "class prior, for a fitness that needs one (benchmark data: the truth)")
-    fitness: str = opt(DEFAULT_FITNESS, "each member's validation metric (PU information only)",
+    fitness: str = opt(SEARCH_DEFAULT_FITNESS, "each member's validation metric (PU information only)",
                        choices=PU_FITNESS + TRUTH_FITNESS)
     folds: int = opt(2, "validation folds per candidate (labelled/validation partitions, re-drawn for every pack)")
     seeds_per_candidate: int = opt(1, "training seeds per candidate and fold")
