@@ -91,7 +91,8 @@ class SearchOptions:
     test: list[str] = opt([], "held-out data with the truth, one per --train, scored once for the final report",
                           repeat=True)
     budget: int = opt(32, "candidates to evaluate")
-    optimizer: str = opt("TwoPointsDE", "any name in Nevergrad's optimizer registry")
+    # NGOpt: the default by benchmarks/search_efficiency.py (README, "Which optimiser").
+    optimizer: str = opt("NGOpt", "any name in Nevergrad's optimizer registry")
     order: int = opt(2, "Taylor order: 1-4 (pu), 1-6 (dpo)")
     pack: int | None = opt(None, "candidates trained together in one trial (default auto: the budget over one "
                                  "round of concurrent trials, within a per-task cap)", auto=True)
