@@ -197,15 +197,14 @@ def summarise(fitness: dict, f1: np.ndarray, auc: np.ndarray, names: list[str]) 
             values = np.asarray(fitness[metric][kind], dtype=float)
             top = int(np.nanargmax(np.where(pickable, values, np.nan)))
             rows.append({"fitness": f"{kind} {metric}", "rho_f1": spearman(values, f1), "rho_auc": spearman(values, auc),
-                         "rho_f1_top": spearman(*top_half(values, f1, names)),
+                         "rho_f1_top": spearman(*top_half(values, f1, pickable)),
                          "top_pick": names[top], "regret_f1": 100 * (best_f1 - f1[top])})
     return rows
 
 
-def top_half(values: np.ndarray, f1: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(fitness, test F1) of the losses in the top half by fitness, the oracle (a reference that
-    trains on the truth) left out."""
-    keep = np.isfinite(values) & (np.asarray(names) != "oracle")
+def top_half(values: np.ndarray, f1: np.ndarray, pickable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fitness, test F1) of the pickable losses (the oracle left out) in the top half by fitness."""
+    keep = np.isfinite(values) & pickable
     keep &= values >= np.median(values[keep])
     return values[keep], f1[keep]
 
@@ -214,7 +213,7 @@ def print_table(train: str, rows: list[dict], n: int, seconds: float) -> None:
     print(f"# {train}: {n} losses (Taylor candidates + baselines), {seconds / 60:.0f} min")
     print(f"{'fitness':<22} {'rho(F1)':>8} {'rho(AUC)':>9} {'rho(F1) top half':>17} {'regret F1':>10}  top pick")
     for r in rows:
-        print(f"{r['fitness']:<22} {r['rho_f1']:>8.3f} {r['rho_auc']:>9.3f} {r.get('rho_f1_top', float('nan')):>17.3f} "
+        print(f"{r['fitness']:<22} {r['rho_f1']:>8.3f} {r['rho_auc']:>9.3f} {r['rho_f1_top']:>17.3f} "
               f"{r['regret_f1']:>10.2f}  {r['top_pick']}")
 
 
