@@ -99,7 +99,7 @@ def search_fitness(candidates, plan: PUPackPlan, pack_size: int) -> dict:
 def baseline_fitness(plan: PUPackPlan, method: str, metric: str) -> float:
     """A baseline's mean member fitness on pack 0's folds and seeds (the controls' own)."""
     cfg = replace(plan.pu, fitness=metric)
-    data = load_dataset(plan.datasets[0], plan.labelled_frac, plan.seed)
+    data = load_dataset(plan.datasets[0], replace(cfg, labelled_frac=plan.labelled_frac, seed=plan.seed))
     folds = [data.fold(cfg.val_frac, split_entropy(plan.seed, SEARCH_STREAM, 0, f)) for f in range(plan.folds)]
     members = plan.member_seeds()
     prior = data.true_prior

@@ -73,7 +73,7 @@ def run_train_pu(args) -> int:
     if args.smoke_test:
         cfg = replace(cfg, epochs=3)
     cfg.validate()
-    inputs = [p for p in (args.train, args.test) if p]
+    inputs = [p for p in (args.train, args.test, cfg.val) if p]
     if args.out:  # before training: a bad --out must not cost the run
         check_output_file(args.out, inputs, args.overwrite, (".json",))
     if args.save:

@@ -26,10 +26,10 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
         train, test = load_tables(train_path, test_path)
         entry = {"train": train_path or "<built-in>", "test": test_path or "<built-in>"}
         for label, loss in (("best", str(folder / "best_loss.json")), ("pan", "pan")):
-            cfg = PUConfig(loss=loss, seed=opts.seed, epochs=opts.epochs, labelled_frac=o.labelled_frac,
-                           fitness=o.fitness, prior=o.prior)
+            cfg = PUConfig(loss=loss, seed=opts.seed, epochs=opts.epochs, prior=o.prior, **o.labelling_fields())
             result = train_pu(cfg, train, test)
             entry[label] = {k: result.get(k) for k in ("val_fitness", "test_f1", "test_auc", "threshold", "status")}
+            entry["validation"] = result["validation"]
         report["datasets"].append(entry)
         log(f"test split {entry['test']} (scored once, after the search): " + "  ".join(
             f"{k}: F1 {entry[k]['test_f1']:.4f} AUC {entry[k]['test_auc']:.4f}" for k in ("best", "pan")

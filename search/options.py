@@ -13,7 +13,10 @@ import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from trainers.config import PU_FITNESS, SEARCH_DEFAULT_FITNESS, TRUTH_FITNESS, opt
+from trainers.config import (
+    DEFAULT_VAL_METRIC, LABELLING_HELP, LABELLINGS, PU_FITNESS, SEARCH_DEFAULT_FITNESS, TRUTH_FITNESS, VAL_HELP,
+    VAL_METRICS, VAL_SIZE_HELP, check_validation_options, opt,
+)
 from trainers.errors import UsageError
 
 DEFAULT_STORAGE = "lossforge_results"
@@ -21,10 +24,15 @@ DEFAULT_STORAGE = "lossforge_results"
 
 @dataclass
 class PUSearchOptions:
-    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled (SCAR)")
+    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled")
+    labelling: str = opt("scar", LABELLING_HELP, choices=LABELLINGS)
+    val: str | None = opt(None, VAL_HELP + " (with one --train)")
+    val_size: int = opt(0, VAL_SIZE_HELP + " (per --train)")
+    val_metric: str = opt(DEFAULT_VAL_METRIC, "with a labelled validation set: each member's metric on it",
+                          choices=VAL_METRICS)
     prior: float | None = opt(None, "class prior, for a fitness that needs one (benchmark data: the truth)")
-    fitness: str = opt(SEARCH_DEFAULT_FITNESS, "each member's validation metric (PU information only)",
-                       choices=PU_FITNESS + TRUTH_FITNESS)
+    fitness: str = opt(SEARCH_DEFAULT_FITNESS, "each member's validation metric without a labelled validation set "
+                       "(PU information only)", choices=PU_FITNESS + TRUTH_FITNESS)
     folds: int = opt(2, "validation folds per candidate (labelled/validation partitions, re-drawn for every pack)")
     seeds_per_candidate: int = opt(1, "training seeds per candidate and fold")
     controls: list[str] = opt(["pan", "naive"], "hand-made losses trained in every pack on the same folds and seeds; "
@@ -44,6 +52,7 @@ class PUSearchOptions:
             raise UsageError(f"unknown fitness {self.fitness!r}; choose from {PU_FITNESS} (PU-only) or {TRUTH_FITNESS}")
         if not 0.0 < self.labelled_frac <= 1.0:
             raise UsageError(f"--labelled-frac must be in (0, 1], got {self.labelled_frac}")
+        check_validation_options(self.labelling, self.val, self.val_size, self.val_metric)
         if self.prior is not None and not 0.0 < self.prior < 1.0:
             raise UsageError(f"--prior must be in (0, 1), got {self.prior}")
         if self.folds < 1 or self.seeds_per_candidate < 1 or self.reevaluation_folds < 1 or self.reevaluation_seeds < 1:
@@ -56,6 +65,12 @@ class PUSearchOptions:
             raise UsageError(f"--sample-rows must be at least 10, got {self.sample_rows}")
         if any(r < 1 for r in self.rungs) or self.rungs != sorted(set(self.rungs)):
             raise UsageError(f"--rungs must be increasing epoch counts (at least 1), got {self.rungs}")
+
+    def labelling_fields(self) -> dict:
+        """The PUConfig fields that say how a training set is labelled and validated: the search's
+        packs, its re-evaluation and its final report all label and validate alike."""
+        return {"labelled_frac": self.labelled_frac, "labelling": self.labelling, "val": self.val,
+                "val_size": self.val_size, "val_metric": self.val_metric, "fitness": self.fitness}
 
     def rung_epochs(self, epochs: int) -> list[int]:
         """Epochs at each rung: the --rungs below --epochs, then --epochs itself (a short search

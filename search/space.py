@@ -43,11 +43,13 @@ class LossSpace(Protocol):
     def to_vector(self, loss) -> np.ndarray: ...
 
 
-def _box(num_coefficients: int, num_center: int, bound: float, low: float, high: float, seed: int) -> ng.p.Array:
-    """Coefficients in [-bound, bound] starting at 0, centres in [low, high] starting at 0.5."""
+def _box(num_coefficients: int, num_center: int, bound: float, low: float, high: float, seed: int,
+         init: np.ndarray) -> ng.p.Array:
+    """Coefficients in [-bound, bound], centres in [low, high], starting at ``init``: a hand-made
+    loss, because an optimiser's first ask is the start (the all-zero polynomial trains nothing
+    and would waste a slot of every search)."""
     lower = np.r_[np.full(num_coefficients, -bound), np.full(num_center, low)]
     upper = np.r_[np.full(num_coefficients, bound), np.full(num_center, high)]
-    init = np.r_[np.zeros(num_coefficients), np.full(num_center, 0.5)]
     param = ng.p.Array(init=init, lower=lower, upper=upper)
     param.function.deterministic = False  # fitness is a noisy training outcome
     param.random_state.seed(seed)
@@ -73,7 +75,8 @@ class TaylorSpace:
         return coefficient_names(self.order) + [f"center:{v}" for v in VARIABLES]
 
     def parametrization(self, seed: int) -> ng.p.Array:
-        return _box(self.num_coefficients, 4, self.bound, self.center_low, self.center_high, seed)
+        """Starts at PAN, the game the family generalises."""
+        return _box(self.num_coefficients, 4, self.bound, self.center_low, self.center_high, seed, self.seed_point("pan"))
 
     def seed_point(self, name: str, prior: float = 0.5) -> np.ndarray:
         """A hand-made loss (pan, naive, upu, nnpu) as a point of this space."""
@@ -123,7 +126,8 @@ class PreferenceTaylorSpace:
         return [f"s^{k}" for k in range(1, self.order + 1)] + ["center:s"]
 
     def parametrization(self, seed: int) -> ng.p.Array:
-        return _box(self.order, 1, self.bound, self.center_low, self.center_high, seed)
+        """Starts at DPO's loss."""
+        return _box(self.order, 1, self.bound, self.center_low, self.center_high, seed, self.seed_point("dpo"))
 
     def seed_point(self, name: str, prior: float = 0.5) -> np.ndarray:
         """A hand-made pairwise loss (dpo, sigmoid, brier) as a point of this space."""

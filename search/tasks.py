@@ -112,6 +112,8 @@ class PUTask(Task):
         for name in o.controls:
             if name not in SEED_FUNCTIONS:
                 raise UsageError(f"--controls: no hand-made loss {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
+        if o.val is not None and len(opts.train) != 1:
+            raise UsageError("--val is a labelled validation set for one --train; with several, use --val-size")
         if len(opts.train) > 1 and o.folds * o.seeds_per_candidate < 2:
             raise UsageError("a multi-data-set search puts margins in noise units: it needs --folds x --seeds-per-candidate >= 2")
 
@@ -133,7 +135,8 @@ class PUTask(Task):
         for i, source in enumerate(opts.train):
             table = _training_table(opts, i)
             samples.append(table if o.sample_rows is not None else None)
-            data = PUData.from_table(table, o.labelled_frac, opts.seed)
+            val = read_table(o.val, need="label") if o.val else None
+            data = PUData.from_table(table, o.labelled_frac, opts.seed, o.labelling, o.val_size, val)
             if opts.test:
                 test = read_table(opts.test[i], need="label")
                 if test.dim != data.dim:
@@ -165,7 +168,7 @@ class PUTask(Task):
             datasets=training_sources(opts),
             labelled_frac=o.labelled_frac,
             seed=opts.seed,
-            pu=PUConfig(epochs=opts.epochs, fitness=o.fitness, seed=opts.seed, labelled_frac=o.labelled_frac),
+            pu=PUConfig(epochs=opts.epochs, seed=opts.seed, **o.labelling_fields()),
             priors=inputs.priors if o.fitness in FITNESS_NEEDS_PRIOR else [None] * len(inputs.priors),
             folds=o.folds,
             seeds_per_candidate=o.seeds_per_candidate,

@@ -58,6 +58,9 @@ def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
         if spec["train"] is None:
             raise UsageError("--workers trains on your data: give --train (a folder of shards, a file or a URI)")
         loss = resolve_loss(cfg.loss)
+        if cfg.labelling != "scar" or cfg.val or cfg.val_size:
+            raise UsageError("--labelling, --val and --val-size are not supported with --workers yet: "
+                             "search and validate in-process (or on a --sample-rows sample), then train here")
         if loss == "oracle":
             raise UsageError("--loss oracle needs the whole truth in one process: train it without --workers")
         inputs = [p for p in (spec["train"], spec["test"]) if p]

@@ -59,3 +59,23 @@ def test_proxy_validity_never_picks_the_oracle_and_ranks_the_top_half_on_its_own
     assert paired["rho_f1"] > 0.5  # over all losses the fitness looks trustworthy ...
     assert paired["rho_f1_top"] == pytest.approx(-1.0)  # ... but among the good ones it ranks backwards
     assert [r["fitness"] for r in pv.summarise(fitness, f1, f1, names)[:2]] == ["paired pu_auc @ 1 ep", "paired pu_auc @ 10 ep"]
+
+
+def test_proxy_by_validation_picks_by_fitness_seeds_and_scores_on_the_others(tmp_path):
+    """The validation-size study: the pick is a candidate chosen on the fitness seeds alone, its test F1
+    comes from the other seeds, and a cached run re-analyses to the same numbers without training."""
+    out, traces = tmp_path / "pbv.json", tmp_path / "traces"
+    argv = [sys.executable, "benchmarks/proxy_by_validation.py", "--candidates", "3", "--seeds", "3", "--epochs", "1",
+            "--sizes", "0", "50", "--labellings", "sar-group", "--val-metrics", "f1", "--traces", str(traces)]
+    subprocess.run(argv + ["--json", str(out)], cwd=REPO, check=True, timeout=600, capture_output=True)
+    (result,) = json.loads(out.read_text()).values()
+    pu_only, n50 = result["sizes"]
+    for row in (pu_only, n50):
+        assert row["pick"].startswith("cand") and len(row["pick_f1"]) == 1  # 3 seeds: 2 for fitness, 1 for test
+        assert row["best_baseline"] in ("naive", "upu", "nnpu", "vpu", "pan")
+        assert -1 <= row["rho"] <= 1
+    assert set(result["threshold_gain"]["50"]) == {"naive", "upu", "nnpu", "vpu", "pan"}
+    assert len(list(traces.glob("*.npz"))) == 3
+    again = tmp_path / "again.json"
+    subprocess.run(argv + ["--json", str(again)], cwd=REPO, check=True, timeout=120, capture_output=True)
+    assert next(iter(json.loads(again.read_text()).values()))["sizes"] == result["sizes"]

@@ -49,7 +49,7 @@ def plan(small):
 
 
 def test_folds_differ_between_packs_and_from_the_reevaluation_folds(small):
-    data = load_dataset(small, 0.2, 0)
+    data = load_dataset(small, replace(CFG, labelled_frac=0.2, seed=0))
     folds = {key: data.fold(0.2, split_entropy(0, *key)) for key in
              [(SEARCH_STREAM, 0, 0), (SEARCH_STREAM, 0, 1), (SEARCH_STREAM, 1, 0), (REEVALUATION_STREAM, 0, 0)]}
     vals = {k: set(f.val.tolist()) for k, f in folds.items()}

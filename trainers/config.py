@@ -20,6 +20,17 @@ DEFAULT_FITNESS = "pu_auc"  # a single training run's epoch selection (train-pu,
 # and it ranks the top half of the losses better on all three).
 SEARCH_DEFAULT_FITNESS = "pu_pauc"
 PREFERENCE_MODES = ("encoder", "causal")
+LABELLINGS = ("scar", "sar-group", "sar-score")  # benchmark mode: how labelled positives are drawn
+VAL_METRICS = ("auc", "f1")  # what a labelled validation set (--val, --val-size) measures
+# With a labelled validation set: the member metric it drives (chosen in benchmarks/proxy_validity.py).
+DEFAULT_VAL_METRIC = "auc"
+LABELLING_HELP = ("benchmark data: how the labelled positives are drawn: scar (uniformly), sar-group (a random "
+                  "half of the positive groups labelled 5x as often), sar-score (propensity logistic in a random "
+                  "direction)")
+VAL_HELP = ("a labelled validation set (columns embedding, label; a file, folder or URI): it then drives the "
+            "fitness, the epoch kept and the decision threshold")
+VAL_SIZE_HELP = ("benchmark data: draw this many random training rows as the labelled validation set (they are "
+                 "removed from training); 0: none")
 
 
 def opt(default=None, help: str = "", **cli):
@@ -38,10 +49,25 @@ def _cuda_check(device: str) -> None:
 
 
 
+def check_validation_options(labelling: str, val: str | None, val_size: int, val_metric: str) -> None:
+    if labelling not in LABELLINGS:
+        raise UsageError(f"--labelling must be one of {LABELLINGS}, got {labelling!r}")
+    if val_size < 0:
+        raise UsageError(f"--val-size must be >= 0, got {val_size}")
+    if val is not None and val_size:
+        raise UsageError("--val and --val-size exclude each other: pass one")
+    if val_metric not in VAL_METRICS:
+        raise UsageError(f"--val-metric must be one of {VAL_METRICS}, got {val_metric!r}")
+
+
 @dataclass
 class PUConfig:
     loss: str = opt("pan", "naive|oracle|upu|nnpu|vpu|pan, a Taylor loss .json, or zoo:NAME")
-    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled (SCAR)")
+    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled")
+    labelling: str = opt("scar", LABELLING_HELP, choices=LABELLINGS)
+    val: str | None = opt(None, VAL_HELP)
+    val_size: int = opt(0, VAL_SIZE_HELP)
+    val_metric: str = opt(DEFAULT_VAL_METRIC, "with a labelled validation set: its fitness", choices=VAL_METRICS)
     prior: float | None = opt(None, "class prior for upu/nnpu (benchmark data: the truth)")
     seed: int = opt(0, "PU labelling, validation split, initial weights and batch order")
     epochs: int = opt(30, "training epochs (the epoch with the best validation fitness is kept)")
@@ -74,6 +100,7 @@ class PUConfig:
             raise UsageError(f"--labelled-frac must be in (0, 1], got {self.labelled_frac}")
         if not 0.0 < self.val_frac < 1.0:
             raise UsageError(f"--val-frac must be in (0, 1), got {self.val_frac}")
+        check_validation_options(self.labelling, self.val, self.val_size, self.val_metric)
         if not (self.lr > 0 and self.weight_decay >= 0 and self.hidden >= 1 and self.depth >= 0 and 0 <= self.dropout < 1):
             raise UsageError("need --lr > 0, --weight-decay >= 0, --hidden >= 1, --depth >= 0 and 0 <= --dropout < 1")
         if self.fitness not in PU_FITNESS + TRUTH_FITNESS:

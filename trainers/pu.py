@@ -18,14 +18,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainers.config import PUConfig
-from trainers.data.pu import Fold, PUData, PUShare, PUSplit, make_pu_split
+from trainers.config import DEFAULT_VAL_METRIC, PUConfig
+from trainers.data.pu import Fold, LabelledSet, PUData, PUShare, PUSplit, make_pu_split
 from trainers.data.shards import EmbeddingTable, read_table
 from trainers.data.synthetic import synthetic_pu_problem
 from trainers.errors import UsageError
 from trainers.losses.pu import naive_loss, nnpu_loss, pan_losses, upu_loss, vpu_loss
 from trainers.losses.taylor import TaylorLoss, taylor_player_losses
-from trainers.metrics import classification_metrics, pu_fitness, shared_threshold
+from trainers.metrics import classification_metrics, labelled_fitness, labelled_threshold, pu_fitness, shared_threshold
 from trainers.models.mlp import StackedMLP
 
 BASELINES = ("naive", "oracle", "upu", "nnpu", "vpu", "pan")
@@ -310,11 +310,14 @@ class ValidationSets:
     truth: list[np.ndarray | None] = field(default_factory=list)
     rows: list[np.ndarray] | None = None  # per fold: rows of x that validate (None: all of x)
     gather: Callable[[np.ndarray], np.ndarray] | None = None  # joins arrays across workers (axis 0)
+    # A hand-labelled set, the same for every fold (and whole on every worker): when present it
+    # gives the fitness and the threshold; the folds' labelled positives still anchor the threshold.
+    labelled_set: LabelledSet | None = None
 
     @classmethod
     def from_folds(cls, data: PUData, folds: list[Fold]) -> "ValidationSets":
         truth = [None if data.truth is None else data.truth[f.val] for f in folds]
-        return cls([data.x[f.val] for f in folds], [f.val_labelled for f in folds], truth)
+        return cls([data.x[f.val] for f in folds], [f.val_labelled for f in folds], truth, labelled_set=data.labelled_val)
 
     @classmethod
     def from_split(cls, split: PUSplit) -> "ValidationSets":
@@ -474,10 +477,14 @@ class MemberEvaluation:
     status: str  # "ok" or "diverged"
 
 
-def evaluate_members(pop: Population, val: ValidationSets, fitness: str, prior: float | None) -> list[MemberEvaluation]:
-    """Validation fitness and the shared threshold for each member on its own fold, from PU
-    information only."""
+def evaluate_members(pop: Population, val: ValidationSets, fitness: str, prior: float | None,
+                     val_metric: str = DEFAULT_VAL_METRIC) -> list[MemberEvaluation]:
+    """Validation fitness and the threshold for each member on its own fold: from PU information
+    only, or, when ``val`` holds a labelled set, ``val_metric`` on it and its shrunk F1-optimal
+    threshold."""
     results: list[MemberEvaluation | None] = [None] * pop.size
+    labelled = val.labelled_set
+    labelled_scores = None if labelled is None else selector_scores(pop, labelled.x)
     for f in sorted(set(pop.member_fold.tolist())):
         members = np.flatnonzero(pop.member_fold == f)
         scores = selector_scores(pop, val.x[f], rows=None if val.rows is None else val.rows[f])
@@ -489,7 +496,11 @@ def evaluate_members(pop: Population, val: ValidationSets, fitness: str, prior: 
                 results[k] = MemberEvaluation(float("nan"), float("nan"), "diverged")
                 continue
             threshold = shared_threshold(row, val.labelled[f])
-            value = pu_fitness(fitness, row, val.labelled[f], prior=prior, truth=val.truth[f] if val.truth else None)
+            if labelled is not None:
+                threshold = labelled_threshold(labelled_scores[k], labelled.y, threshold)
+                value = labelled_fitness(val_metric, labelled_scores[k], labelled.y, threshold)
+            else:
+                value = pu_fitness(fitness, row, val.labelled[f], prior=prior, truth=val.truth[f] if val.truth else None)
             results[k] = MemberEvaluation(value, threshold, "ok")
     return results
 
@@ -512,10 +523,10 @@ def run_epochs(
     """Train every member up to epoch ``until`` (from wherever the population is), evaluating
     after each epoch and keeping each member's best epoch. Stops early once every member has
     diverged. ``on_epoch`` (logging, a checkpoint) sees each epoch's stats and evaluations."""
-    evaluations = evaluate_members(pop, val, cfg.fitness, prior) if pop.epoch >= until else []
+    evaluations = evaluate_members(pop, val, cfg.fitness, prior, cfg.val_metric) if pop.epoch >= until else []
     while pop.epoch < until:
         stats = train_epoch(pop, data, cfg, sync)
-        evaluations = evaluate_members(pop, val, cfg.fitness, prior)
+        evaluations = evaluate_members(pop, val, cfg.fitness, prior, cfg.val_metric)
         pop.track_best(np.array([e.fitness for e in evaluations]))
         if on_epoch is not None:
             on_epoch(pop, stats, evaluations)
@@ -541,6 +552,18 @@ def prior_for(method: str, cfg: PUConfig, data: PUData) -> float | None:
     return prior
 
 
+def member_metric(cfg: PUConfig, labelled_val: LabelledSet | None) -> str:
+    """The name of what picks epochs (and, in a search, losses): a labelled set's metric or the PU fitness."""
+    return cfg.fitness if labelled_val is None else f"labelled_{cfg.val_metric}"
+
+
+def validation_summary(data: PUData) -> str:
+    """What validated a run, for its results file and report."""
+    if data.labelled_val is None:
+        return "PU only (labelled positives vs unlabelled)"
+    return f"labelled set: {data.labelled_val.summary()}"
+
+
 def make_objective(loss: str | TaylorLoss, prior: float | None, device) -> Objective:
     return Objective.taylor([loss], device) if isinstance(loss, TaylorLoss) else Objective(loss, prior=prior)
 
@@ -560,28 +583,31 @@ def train_pu(
         test = default_test if test is None else test
     loss = resolve_loss(cfg.loss)
     method = loss if isinstance(loss, str) else "taylor"
-    split = make_pu_split(train, cfg.labelled_frac, cfg.seed, cfg.val_frac)
+    split = make_pu_split(train, cfg.labelled_frac, cfg.seed, cfg.val_frac, cfg.labelling, cfg.val_size,
+                          read_table(cfg.val, need="label") if cfg.val else None)
     if test is not None and test.dim != split.dim:
         raise UsageError(f"{test.source}: test embeddings have dimension {test.dim}, training has {split.dim}")
     prior = prior_for(method, cfg, split.data)
-    log(f"data: {split.source}: {split.summary()}")
+    log(f"data: {split.source}: {split.summary()}; labelling {cfg.labelling}; validation: {validation_summary(split.data)}")
+    metric = member_metric(cfg, split.data.labelled_val)
     pop = build_population(make_objective(loss, prior, cfg.device), [cfg.seed], split.dim, cfg)
     data = TrainTensors.from_split(split, method, cfg.device)
     val = ValidationSets.from_split(split)
 
     def log_epoch(pop, stats, evaluations):
         if pop.epoch == 1 or pop.epoch % max(1, cfg.epochs // 5) == 0 or pop.epoch == cfg.epochs:
-            log(f"epoch {pop.epoch}/{cfg.epochs}  loss {stats['loss'][0]:.4f}  val {cfg.fitness} {evaluations[0].fitness:.4f}")
+            log(f"epoch {pop.epoch}/{cfg.epochs}  loss {stats['loss'][0]:.4f}  val {metric} {evaluations[0].fitness:.4f}")
 
     run_epochs(pop, data, val, cfg, cfg.epochs, prior, on_epoch=log_epoch)
     if cfg.select_epoch:
         pop.use_best_selector()
-    (member,) = evaluate_members(pop, val, cfg.fitness, prior)
+    (member,) = evaluate_members(pop, val, cfg.fitness, prior, cfg.val_metric)
     result = {
         "loss": loss_label(loss),
         "seed": cfg.seed,
         "status": member.status,
-        "fitness": cfg.fitness,
+        "fitness": member_metric(cfg, split.data.labelled_val),
+        "validation": validation_summary(split.data),
         "val_fitness": member.fitness,
         "threshold": float(1 / (1 + math.exp(-member.threshold))) if member.status == "ok" else float("nan"),
         "threshold_logit": member.threshold,

@@ -71,12 +71,19 @@ class PUPackPlan:
         return cls(**{**d, "pu": PUConfig(**d["pu"])})
 
 
-@lru_cache(maxsize=8)
-def load_dataset(source: str | None, labelled_frac: float, seed: int) -> PUData:
+def load_dataset(source: str | None, cfg: PUConfig) -> PUData:
     """Read (or generate) and label a training set once per process; actor reuse keeps it warm.
-    Only training data is read: the test split never reaches a search worker."""
+    Only training data (and the labelled validation set, if any) is read: the test split never
+    reaches a search worker."""
+    return _load_dataset(source, cfg.labelled_frac, cfg.seed, cfg.labelling, cfg.val_size, cfg.val)
+
+
+@lru_cache(maxsize=8)
+def _load_dataset(source: str | None, labelled_frac: float, seed: int, labelling: str, val_size: int,
+                  val: str | None) -> PUData:
     table = synthetic_pu_problem()[0] if source is None else read_table(source)
-    return PUData.from_table(table, labelled_frac, seed)
+    val_table = read_table(val, need="label") if val else None
+    return PUData.from_table(table, labelled_frac, seed, labelling, val_size, val_table)
 
 
 def selector_can_rank(candidate: dict) -> bool:
@@ -221,7 +228,7 @@ def run_pack(
     """Train and score ``candidates`` (``{"id", "order", "coefficients", "center"}``) through
     every rung; resume from ``state`` (a checkpoint of this pack) if given."""
     cfg = replace(plan.pu, device=str(device))
-    datasets = [load_dataset(s, plan.labelled_frac, plan.seed) for s in plan.datasets]
+    datasets = [load_dataset(s, replace(cfg, seed=plan.seed, labelled_frac=plan.labelled_frac)) for s in plan.datasets]
     folds = [[d.fold(cfg.val_frac, split_entropy(plan.seed, plan.stream, pack, f)) for f in range(plan.folds)] for d in datasets]
     by_id = {c["id"]: c for c in candidates}
     if state is None:

@@ -1,8 +1,17 @@
 """PU labelling (benchmark mode) and the validation splits a PU user can actually make.
 
 Benchmark mode (the data has the truth ``label``): a fraction ``labelled_frac`` of the
-positives is drawn uniformly at random (SCAR) to be the labelled positives; the rest of the
-data is unlabelled. Real mode (the data has ``labelled``): those labels are used as given.
+positives is drawn to be the labelled positives; the rest of the data is unlabelled. How they
+are drawn is the *labelling* (:data:`LABELLINGS`): ``scar`` uniformly at random; ``sar-group``
+with a propensity 5x higher in a random half of the positive groups (the ``group``/``topic``
+column, else k-means clusters of the positives' embeddings), as when positives are gathered
+from a few directories; ``sar-score`` with a propensity that is a logistic function of the
+embedding's projection on a fixed random direction. Real mode (the data has ``labelled``):
+those labels are used as given.
+
+A *labelled validation set* (:class:`LabelledSet`: rows with the truth, drawn at random as a
+user would hand-label them) is optional: ``--val FILE``, or in benchmark mode ``val_size`` rows
+of the training pool drawn at random and removed from training before the labelling.
 
 A validation split (a :class:`Fold`) is carved from the training data using only
 labelled-vs-unlabelled, never the truth: the same fraction of labelled and of unlabelled points
@@ -20,11 +29,42 @@ from typing import Sequence
 import numpy as np
 
 from trainers.data.shards import LABEL, LABELLED, DataError, EmbeddingTable, open_shards, read_labels, read_rows
+from trainers.config import LABELLINGS
 from trainers.errors import DataWarning, UsageError
 
 # Independent random streams derived from one run seed, so changing how one is used never
 # shifts another.
-_LABELLING_STREAM, _SPLIT_STREAM, _SAMPLE_STREAM = 1, 2, 3
+_LABELLING_STREAM, _SPLIT_STREAM, _SAMPLE_STREAM, _VAL_STREAM = 1, 2, 3, 4
+
+SAR_GROUP_RATIO = 5.0  # sar-group: a labelled half of the groups is labelled this many times as often
+SAR_GROUP_CLUSTERS = 6  # sar-group without a group column: k-means clusters of the positives
+SAR_SCORE_SLOPE = 2.0  # sar-score: propensity = sigmoid(slope * z + b), z the standardised projection
+
+
+@dataclass
+class LabelledSet:
+    """Rows whose truth a user labelled by hand: a random sample, never the labelled positives."""
+
+    x: np.ndarray  # [n, dim]
+    y: np.ndarray  # int8 [n], the truth
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def summary(self) -> str:
+        return f"{len(self)} labelled rows ({int(self.y.sum())} positive) from {self.source}"
+
+    @classmethod
+    def check(cls, table: EmbeddingTable, dim: int) -> "LabelledSet":
+        """A validation table as a labelled set, or one error naming its file and column."""
+        if table.label is None:
+            raise DataError(table.source, "a labelled validation set needs the truth (1/0)", LABEL)
+        if table.dim != dim:
+            raise DataError(table.source, f"dimension {table.dim} differs from the training data's {dim}", "embedding")
+        if table.label.all() or not table.label.any():
+            raise DataError(table.source, "a labelled validation set needs both positives and negatives", LABEL)
+        return cls(table.x, table.label.astype(np.int8), table.source)
 
 
 @dataclass
@@ -35,14 +75,25 @@ class PUData:
     labelled: np.ndarray  # bool [N]
     truth: np.ndarray | None  # int8 [N]; reporting and the oracle only, never for choosing anything
     source: str
+    labelled_val: LabelledSet | None = None  # a hand-labelled validation set, when the user has one
 
     @classmethod
-    def from_table(cls, table: EmbeddingTable, labelled_frac: float, seed: int) -> "PUData":
+    def from_table(cls, table: EmbeddingTable, labelled_frac: float, seed: int, labelling: str = "scar",
+                   val_size: int = 0, val: EmbeddingTable | None = None) -> "PUData":
         """Label (or take the labels of) ``table``; one error naming the file and column when
-        there are too few labelled or unlabelled rows to train and validate."""
-        labelled = pu_labels(table, labelled_frac, seed)
+        there are too few labelled or unlabelled rows to train and validate. ``val_size`` rows
+        (benchmark mode) or the table ``val`` become the labelled validation set; drawn rows
+        leave the training data before the labelling, so they never reach training."""
+        labelled_val = None
+        if val is not None and val_size:
+            raise UsageError("--val and --val-size exclude each other: pass one")
+        if val_size:
+            table, labelled_val = draw_labelled_set(table, val_size, seed)
+        elif val is not None:
+            labelled_val = LabelledSet.check(val, table.dim)
+        labelled = pu_labels(table, labelled_frac, seed, labelling)
         check_counts(table, labelled)
-        return cls(table.x, labelled, table.label, table.source)
+        return cls(table.x, labelled, table.label, table.source, labelled_val)
 
     @property
     def dim(self) -> int:
@@ -141,8 +192,28 @@ class PUSplit:
         )
 
 
-def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int) -> np.ndarray:
-    """The labelled-positive mask: given (``labelled`` column) or drawn SCAR from the truth."""
+def draw_labelled_set(table: EmbeddingTable, n: int, seed: int) -> tuple[EmbeddingTable, LabelledSet]:
+    """Benchmark mode: ``n`` rows drawn uniformly at random (seeded; as a user labels a random
+    sample) become a labelled set; the rest is returned as the training table."""
+    if table.label is None:
+        raise UsageError("--val-size draws labelled rows from the truth 'label' (benchmark data); "
+                         "with your own data pass --val FILE")
+    if not 0 < n <= len(table) // 2:
+        raise UsageError(f"--val-size must be in [1, {len(table) // 2}] (half of {table.source}'s {len(table)} rows), got {n}")
+    rows = np.random.default_rng([seed, _VAL_STREAM]).choice(len(table), size=n, replace=False)
+    keep = np.ones(len(table), dtype=bool)
+    keep[rows] = False
+    picked = EmbeddingTable(table.x[rows], table.label[rows], None, f"{table.source} ({n} random rows)")
+    if picked.label.all() or not picked.label.any():
+        raise UsageError(f"--val-size {n}: the drawn rows hold only one class; draw more")
+    rest = EmbeddingTable(table.x[keep], table.label[keep], None if table.labelled is None else table.labelled[keep],
+                          table.source, table.files, None if table.group is None else table.group[keep])
+    return rest, LabelledSet(picked.x, picked.label.astype(np.int8), picked.source)
+
+
+def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int, labelling: str = "scar") -> np.ndarray:
+    """The labelled-positive mask: given (``labelled`` column) or drawn from the truth by
+    ``labelling`` (see the module's docstring)."""
     if table.labelled is not None:
         labelled = table.labelled.astype(bool)
         if not labelled.any():
@@ -155,11 +226,71 @@ def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int) -> np.ndar
     positives = np.flatnonzero(table.label == 1)
     if len(positives) == 0:
         raise DataError(table.source, "no positives (no row has 1), so no labelled positives can be drawn", LABEL)
+    if labelling not in LABELLINGS:
+        raise UsageError(f"--labelling must be one of {LABELLINGS}, got {labelling!r}")
     rng = np.random.default_rng([seed, _LABELLING_STREAM])
     n = max(1, int(round(labelled_frac * len(positives))))
     labelled = np.zeros(len(table), dtype=bool)
-    labelled[rng.choice(positives, size=n, replace=False)] = True
+    if labelling == "scar":
+        labelled[rng.choice(positives, size=n, replace=False)] = True
+    else:
+        chosen = _fixed_size_draw(rng, labelling_propensities(table, positives, n, labelling, rng), n)
+        labelled[positives[chosen]] = True
     return labelled
+
+
+def labelling_propensities(table: EmbeddingTable, positives: np.ndarray, n: int, labelling: str,
+                           rng: np.random.Generator) -> np.ndarray:
+    """Each positive's probability of being labelled under a selection-biased labelling; they sum
+    to ``n``, so the labelled fraction is the asked one."""
+    if labelling == "sar-group":
+        groups = positive_groups(table, positives, rng)
+        names = np.unique(groups)
+        favoured = rng.permutation(names)[: len(names) // 2]
+        weight = np.where(np.isin(groups, favoured), SAR_GROUP_RATIO, 1.0)
+        return _calibrate(lambda c: np.minimum(1.0, c * weight), n)
+    x = table.x[positives].astype(np.float64)
+    direction = rng.standard_normal(x.shape[1])
+    z = x @ direction
+    z = (z - z.mean()) / (z.std() or 1.0)
+    return _calibrate(lambda b: 1.0 / (1.0 + np.exp(-(SAR_SCORE_SLOPE * z + np.log(b)))), n)
+
+
+def positive_groups(table: EmbeddingTable, positives: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The positives' groups: the data's group column, else k-means clusters of their embeddings."""
+    if table.group is not None:
+        return np.asarray(table.group)[positives]
+    return kmeans(table.x[positives].astype(np.float64), min(SAR_GROUP_CLUSTERS, len(positives)), rng)
+
+
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 25) -> np.ndarray:
+    """Cluster ids from Lloyd's k-means with k-means++ seeding (seeded by ``rng``)."""
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(len(x))])
+    centres = np.array(centres)
+    for _ in range(iterations):
+        ids = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        centres = np.array([x[ids == j].mean(0) if (ids == j).any() else centres[j] for j in range(k)])
+    return ids
+
+
+def _calibrate(propensity, n: int) -> np.ndarray:
+    """``propensity(c)`` (increasing in c > 0) at the c where the propensities sum to ``n``."""
+    low, high = 1e-12, 1e12
+    for _ in range(200):
+        mid = np.sqrt(low * high)
+        low, high = (mid, high) if propensity(mid).sum() < n else (low, mid)
+    return np.clip(propensity(np.sqrt(low * high)), 1e-9, 1.0 - 1e-9)
+
+
+def _fixed_size_draw(rng: np.random.Generator, propensity: np.ndarray, n: int) -> np.ndarray:
+    """Exactly ``n`` indices, each included with probability close to ``propensity`` (Pareto
+    order sampling, Rosen 1997): the ``n`` smallest odds(u) / odds(propensity)."""
+    u = rng.random(len(propensity))
+    keys = (u / (1.0 - u)) / (propensity / (1.0 - propensity))
+    return np.argsort(keys)[:n]
 
 
 def split_entropy(seed: int, *stream: int) -> list[int]:
@@ -168,8 +299,9 @@ def split_entropy(seed: int, *stream: int) -> list[int]:
     return [seed, _SPLIT_STREAM, *stream]
 
 
-def make_pu_split(table: EmbeddingTable, labelled_frac: float = 0.1, seed: int = 0, val_frac: float = 0.2) -> PUSplit:
-    data = PUData.from_table(table, labelled_frac, seed)
+def make_pu_split(table: EmbeddingTable, labelled_frac: float = 0.1, seed: int = 0, val_frac: float = 0.2,
+                  labelling: str = "scar", val_size: int = 0, val: EmbeddingTable | None = None) -> PUSplit:
+    data = PUData.from_table(table, labelled_frac, seed, labelling, val_size, val)
     return PUSplit(data, data.fold(val_frac, split_entropy(seed)))
 
 

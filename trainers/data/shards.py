@@ -26,6 +26,7 @@ from trainers.errors import DataError  # noqa: F401 - re-exported: readers raise
 EMBEDDING = "embedding"
 LABEL = "label"  # the truth
 LABELLED = "labelled"  # 1 = known positive, 0 = unlabelled
+GROUP_COLUMNS = ("group", "topic")  # a finer class, where the source has one (20News: its newsgroup)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class EmbeddingTable:
     labelled: np.ndarray | None = None  # int8 0/1
     source: str = "<memory>"
     files: list[str] = field(default_factory=list)
+    group: np.ndarray | None = None  # the positives' finer classes (column 'group' or 'topic'), for sar-group
 
     def __len__(self) -> int:
         return len(self.x)
@@ -152,6 +154,11 @@ class ShardSet:
         need = self.need if need is None else need
         return [] if need == "none" else [c for c in (LABEL, LABELLED) if c in self.shards[0].names]
 
+    @property
+    def group_column(self) -> str | None:
+        """The first of :data:`GROUP_COLUMNS` that every shard has, if any."""
+        return next((c for c in GROUP_COLUMNS if all(c in s.names for s in self.shards)), None)
+
 
 def parquet_file(source: str) -> pq.ParquetFile:
     try:
@@ -250,9 +257,14 @@ def read_rows(shards: ShardSet, start: int = 0, stop: int | None = None, keep: n
     labels = shards.columns()
     x = None
     columns = {c: np.empty(n, dtype=np.int8) for c in labels}
+    group_column = shards.group_column if shards.need != "none" else None
+    groups = []
     at = 0
     first_dim = None
-    for shard, matrix, values in iter_row_groups(shards, start, stop, keep=keep):
+    extra = () if group_column is None else (group_column,)
+    for shard, matrix, values in iter_row_groups(shards, start, stop, extra=extra, keep=keep):
+        if group_column is not None:
+            groups.extend(values[group_column].to_pylist())
         if x is None:
             first_dim = (matrix.shape[1], shard.source)
             x = np.empty((n, matrix.shape[1]), dtype=shards.dtype)
@@ -269,6 +281,7 @@ def read_rows(shards: ShardSet, start: int = 0, stop: int | None = None, keep: n
         labelled=columns.get(LABELLED),
         source=shards.source,
         files=[s.source for s in shards.shards],
+        group=np.asarray([str(g) for g in groups]) if group_column is not None else None,
     )
 
 
