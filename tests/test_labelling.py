@@ -128,7 +128,7 @@ def test_train_pu_records_its_validation_and_selects_on_the_labelled_set():
     train, test = synthetic_pu_problem()
     cfg = PUConfig(loss="naive", epochs=2, hidden=32, labelling="sar-group", val_size=150)
     result = train_pu(cfg, train, test)
-    assert result["fitness"] == "labelled_auc" and result["validation"].startswith("labelled set: 150 labelled rows")
+    assert result["fitness"] == "labelled_f1" and result["validation"].startswith("labelled set: 150 labelled rows")
     assert result["config"]["labelling"] == "sar-group"
     plain = train_pu(replace(cfg, val_size=0), train, test)
     assert plain["fitness"] == "pu_auc" and plain["validation"].startswith("PU only")
