@@ -18,8 +18,7 @@ import torch
 
 from trainers.config import DPOConfig
 from trainers.data.pairs import PreferencePairs, split_by_prompt, synthetic_pairs, synthetic_vocabulary
-from trainers.errors import UsageError
-from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss
+from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss, resolve_preference_loss
 from trainers.losses.preference_taylor import PreferenceTaylorLoss, preference_taylor_losses
 from trainers.metrics import preference_metrics
 from trainers.models.preference import (
@@ -42,14 +41,6 @@ class DPOPackPlan:
 
     train: str | None  # pairs; None: the built-in task
     dpo: DPOConfig
-
-
-def resolve_preference_loss(spec: str) -> str | PreferenceTaylorLoss:
-    if spec in PREFERENCE_LOSSES:
-        return spec
-    if spec.endswith(".json") or Path(spec).exists():
-        return PreferenceTaylorLoss.load(spec)
-    raise UsageError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES} or a preference Taylor .json file")
 
 
 def reward_scale(loss: str | PreferenceTaylorLoss, beta: float) -> float:

@@ -274,7 +274,8 @@ def _dpo_prepare(cfg, train: str | None, device):
 def dpo_worker_loop(config: dict) -> None:
     """``lossforge train-dpo``: one model, a checkpoint and a report per epoch, resumable.
     Config: {"dpo": DPOConfig, "train": path | None}."""
-    from trainers.dpo import Run, resolve_preference_loss, run_epochs
+    from trainers.dpo import Run, run_epochs
+    from trainers.losses.preference import resolve_preference_loss
 
     started = time.perf_counter()
     rank, world, device = worker_context()
