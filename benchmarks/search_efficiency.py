@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from search.options import PUSearchOptions, SearchOptions  # noqa: E402
+from search.options import SearchOptions, with_task_defaults  # noqa: E402
 from search.space import TaylorSpace, make_optimizer  # noqa: E402
-from search.tasks import get_task, with_task_defaults  # noqa: E402
+from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
 from trainers.pu_pack import REEVALUATION_STREAM, run_pack  # noqa: E402
 
 # (name in Nevergrad's registry or a configured one, how to build it)
@@ -86,9 +86,9 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    opts = with_task_defaults(SearchOptions(name="efficiency", train=[args.train] if args.train else [], epochs=args.epochs,
-                                            task_options=PUSearchOptions()))
-    task = get_task("pu")
+    task = PUTask()
+    opts = with_task_defaults(task, SearchOptions(name="efficiency", train=[args.train] if args.train else [],
+                                                  epochs=args.epochs, task_options=PUSearchOptions()))
     plan, space = task.plan(opts, task.read_inputs(opts)), TaylorSpace(opts.order)
     print(f"{args.train or 'built-in problem'}, order {space.order} ({space.dimension} dims), {args.epochs} epochs, "
           f"rungs {plan.rungs}, folds {plan.folds}, controls {[c['name'] for c in plan.controls]}, packs of {args.pack}")

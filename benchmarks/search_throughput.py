@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import PUSearchOptions, SearchOptions  # noqa: E402
+from search.options import SearchOptions  # noqa: E402
+from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
 from search.space import TaylorSpace, make_optimizer  # noqa: E402
 from search.tuner import run_search  # noqa: E402
 from trainers.config import PUConfig  # noqa: E402
@@ -58,7 +59,7 @@ def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
 
 def searched(opts: SearchOptions) -> tuple[float, float, int, int]:
     """(tuning seconds, summed training seconds, concurrency, pack) of one search run, fresh cluster."""
-    summary = run_search(opts, log=lambda m: None)
+    summary = run_search(PUTask(), opts, log=lambda m: None)
     ray.shutdown()
     folder = Path(summary["folder"])
     tells = [e for e in EvaluationLog(folder).events() if e["event"] == "tell"]

@@ -54,19 +54,17 @@ def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tupl
     return result.fitness, float(np.sqrt(np.sum(se**2)) / len(scale))
 
 
-def reevaluate_elites(folder: Path, opts, plan, searcher, log) -> dict:
-    """Run (or finish, or skip) the re-evaluation stage and write its files."""
+def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, log) -> dict:
+    """Run (or finish, or skip) the re-evaluation stage and write its files. ``space`` and
+    ``worker_loop`` are the task's (the elites' vectors become candidates of that space)."""
     from search.background import every
     from search.driver import Scaling, train_job
     from search.progress import ReportFile, pack_line, report_printer
-    from search.tasks import get_task
     from trainers.pu_pack import REEVALUATION_STREAM
 
     path = folder / REEVALUATION_FILE
     if path.exists():
         return read_json(path, "re-evaluation record")
-    task = get_task(opts.task)
-    space = task.space(opts.order)
     chosen = elites(folder, opts, searcher, plan)
     o = opts.task_options
     # Everyone trains every epoch (keep 1); the rungs only set how often it checkpoints and reports.
@@ -78,7 +76,7 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, log) -> dict:
     job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
     progress = folder / "reevaluation.progress.jsonl"
-    trainer = train_job(task.worker_loop(), {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train"),
+    trainer = train_job(worker_loop, {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train"),
                         callbacks=[ReportFile(progress)])
     with every(1.0, report_printer(progress, pack_line("re-evaluation"), log)):
         result = trainer.fit()

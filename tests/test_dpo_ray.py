@@ -8,7 +8,9 @@ import pytest
 from raycluster import kill_session, lossforge, wait_for
 
 from search.evaluations import EvaluationLog
-from search.options import PreferenceSearchOptions, SearchOptions
+from search.options import SearchOptions
+from search.tasks import TASKS
+from search.tasks.preference import PreferenceSearchOptions
 from search.tuner import run_search
 from trainers.losses.preference_taylor import PreferenceTaylorLoss
 from trainers.scorer import PreferenceScorer
@@ -54,7 +56,7 @@ def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
     lines = []
     opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
                          seed_losses=["dpo", "sigmoid"], task_options=PreferenceSearchOptions(max_pairs=400))
-    summary = run_search(opts, log=lines.append)
+    summary = run_search(TASKS["dpo"], opts, log=lines.append)
     folder = tmp_path / "d"
     told = EvaluationLog(folder).told()
     assert sorted(e.id for e in told) == [0, 1, 2, 3]

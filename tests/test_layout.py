@@ -115,3 +115,16 @@ def test_the_cycle_finder_sees_an_import_inside_a_function(tmp_path):
     b.write_text("def f():\n    from a import x\n")
     graph = {name: {m for m, _ in imported_names(p)} for name, p in (("a", a), ("b", b))}
     assert find_cycle(graph) == ["a", "b", "a"]
+
+
+def test_only_the_command_line_resolves_a_task_and_generic_modules_never_import_one():
+    """The task is named once (the CLI), then passed down as an object: the driver, trial,
+    searcher, report and re-evaluation work for any task."""
+    allowed = {"search/cli.py"}
+    for path in sorted((REPO / "search").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in allowed or rel.startswith("search/tasks/"):
+            continue
+        modules = imported_modules(path)
+        assert not any(m == "search.tasks" or m.startswith("search.tasks.") for m in modules), rel
+        assert "get_task" not in path.read_text(), rel
