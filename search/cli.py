@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 1  # if anything else escapes: a failure of ours, with its traceback
     try:
         code = args.run(args)
-    except (InputError, FileNotFoundError) as err:
+    except InputError as err:
         print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:

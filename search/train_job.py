@@ -21,7 +21,7 @@ import torch
 from search.driver import Scaling
 from search.progress import ReportFile, report_printer
 from trainers.data.pairs import PreferencePairs, read_pairs, split_by_prompt
-from trainers.dpo import DPOConfig, default_pairs, save_scorer
+from trainers.dpo import DPOConfig, default_pairs, diverged, save_scorer
 from trainers.errors import UsageError
 from trainers.files import write_json
 from trainers.loop import STATE_FILE
@@ -74,8 +74,8 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
         raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as checkpoint:
         state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
-    if state["best_state"] is None:
-        raise RuntimeError("training diverged in every epoch: no scorer to save (try a lower --lr)")
+    if diverged(state["best_state"], state["history"]):
+        raise RuntimeError("training diverged (a non-finite loss or validation): no scorer to save (try a lower --lr)")
     save_scorer(folder.path / "scorer", cfg, state["best_state"], cfg.loss)
     metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": scaling.workers,
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),

@@ -43,9 +43,9 @@ def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
 
     def read(spec: dict):
         from search.driver import check_output_file, check_output_folder
-        from trainers.data.pu import check_counts, pu_labels
+        from trainers.data.pu import PUData
         from trainers.data.shards import LABEL, LABELLED, EmbeddingTable, open_shards, read_labels, read_table
-        from trainers.pu import NEEDS_PRIOR, resolve_loss
+        from trainers.pu import prior_for, resolve_loss
 
         import numpy as np
 
@@ -69,9 +69,7 @@ def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
         labels = read_labels(shards)
         whole = EmbeddingTable(np.empty((shards.rows, 0), np.float32), labels.get(LABEL), labels.get(LABELLED),
                                spec["train"])
-        check_counts(whole, pu_labels(whole, cfg.labelled_frac, cfg.seed))
-        if loss in NEEDS_PRIOR and cfg.prior is None and whole.label is None:
-            raise UsageError(f"{loss} needs the class prior: pass --prior (no truth 'label' to take it from)")
+        prior_for(loss if isinstance(loss, str) else "taylor", cfg, PUData.from_table(whole, cfg.labelled_frac, cfg.seed))
         test = read_table(spec["test"], need="label") if spec["test"] else None
         return loss, shards.rows, test
 

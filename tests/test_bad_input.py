@@ -451,3 +451,20 @@ def test_all_positive_truth_warns_in_one_line(world, capsys):
     main(["train-pu", "--train", str(world["root"] / "data" / "allpos.parquet"), "--epochs", "1"])
     err = capsys.readouterr().err
     assert "lossforge: warning:" in err and "allpos.parquet" in err and "every row is positive" in err
+
+
+def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tmp_path, monkeypatch):
+    """Only errors raised for bad input exit 2: a FileNotFoundError from inside a command (a lost
+    checkpoint, a bug) escapes main() with its traceback (exit 1 from the entry point)."""
+    import search.report
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "search.json").write_text(json.dumps(SearchOptions(name="s", storage=str(tmp_path)).to_dict()))
+
+    def lost_file(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(folder / "train" / "checkpoint.pt"))
+
+    monkeypatch.setattr(search.report, "write_report", lost_file)
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        main(["report", "s", "--storage", str(tmp_path)])

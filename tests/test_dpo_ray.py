@@ -5,7 +5,7 @@ import os
 import signal
 
 import pytest
-from raycluster import kill_session, lossforge, wait_for
+from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
 from search.evaluations import EvaluationLog
 from search.options import SearchOptions
@@ -25,7 +25,8 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
     try:
         # Train records a checkpoint in its snapshot once the copy is complete: kill after that.
         snapshot = out / "ray" / "train-dpo" / "checkpoint_manager_snapshot.json"
-        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "the first checkpoint")
+        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "the first checkpoint",
+                 files_growth(out, tmp_path / "run1.log"))
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
     finally:
@@ -34,10 +35,10 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
 
     # The same command again is refused (nothing lost); --resume continues.
     again = lossforge(*args, cwd=tmp_path, log=tmp_path / "again.log")
-    assert again.wait(120) == 2 and "--resume" in (tmp_path / "again.log").read_text()
+    assert wait_exit(again, 120, files_growth(tmp_path / "again.log")) == 2 and "--resume" in (tmp_path / "again.log").read_text()
     resumed = lossforge("train-dpo", "--out", str(out), "--resume", cwd=tmp_path, log=tmp_path / "run2.log")
     try:
-        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(resumed, 240, files_growth(out, tmp_path / "run2.log")) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
     metrics = json.loads((out / "metrics.json").read_text())

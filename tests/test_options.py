@@ -74,14 +74,21 @@ def test_building_the_parser_imports_neither_torch_ray_nor_nevergrad():
     assert (time.perf_counter() - started) / 3 < 1.5  # the interpreter's start included
 
 
-def test_flags_come_from_the_config_dataclasses():
+def test_every_field_of_every_config_dataclass_is_a_flag_of_its_commands():
+    import argparse
     from dataclasses import fields
 
-    from trainers.config import PUConfig
+    from trainers.config import DPOConfig, PUConfig
 
-    help_text = build_parser().parse_args(["train-pu"]).__dict__
-    for f in fields(PUConfig):
-        assert (f.name in help_text) == f.metadata.get("cli", True), f.name
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    search = [SearchOptions, *task_options_classes().values()]
+    owners = {"train-pu": [PUConfig], "train-dpo": [DPOConfig], "search": search, "submit": search}
+    for command, classes in owners.items():
+        flags = {a.dest for a in commands[command]._actions}
+        for cls in classes:
+            for f in fields(cls):
+                assert (f.name in flags) == f.metadata.get("cli", True), (command, cls.__name__, f.name)
     args = build_parser().parse_args(["train-pu", "--lr", "0.01", "--hidden", "64"])
     assert (args.lr, args.hidden, args.epochs) == (0.01, 64, PUConfig().epochs)
 

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainers.config import PUConfig
+from trainers.config import FITNESS_NEEDS_PRIOR, PUConfig
 from trainers.data.pu import Fold, PUData, PUShare, PUSplit, make_pu_split
 from trainers.data.shards import EmbeddingTable, read_table
 from trainers.data.synthetic import synthetic_pu_problem
@@ -531,9 +531,11 @@ def default_data() -> tuple[EmbeddingTable, EmbeddingTable]:
     return synthetic_pu_problem()
 
 
-def prior_for(method: str, cfg: PUConfig, data: PUData) -> float | None:
-    """The prior a method is given: --prior, else in benchmark mode the truth (its best case)."""
-    if method not in NEEDS_PRIOR and cfg.fitness not in ("pu_accuracy", "pu_f1"):
+def prior_for(method: str, cfg: PUConfig, data: PUData | PUShare) -> float | None:
+    """The prior a run is given when its loss or its fitness needs one: --prior, else in benchmark
+    mode the truth (its best case). The one rule: in-process, every --workers worker, and the
+    --workers driver's check before the job starts all call this."""
+    if method not in NEEDS_PRIOR and cfg.fitness not in FITNESS_NEEDS_PRIOR:
         return None
     prior = cfg.prior if cfg.prior is not None else data.true_prior
     if prior is None:
