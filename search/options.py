@@ -29,7 +29,7 @@ class SearchOptions:
     test: list[str] = opt([], "held-out data with the truth, one per --train, scored once for the final report",
                           repeat=True)
     budget: int = opt(32, "candidates to evaluate")
-    # NGOpt: the default by benchmarks/search_efficiency.py (README, "Which optimiser").
+    # NGOpt: the default by benchmarks/search_efficiency.py (benchmarks/RESULTS.md, "Which optimiser").
     optimizer: str = opt("NGOpt", "any name in Nevergrad's optimizer registry")
     order: int = opt(2, "Taylor order: 1-4 (pu), 1-6 (dpo)")
     pack: int | None = opt(None, "candidates trained together in one trial (default auto: the budget over one "
