@@ -69,8 +69,7 @@ def run_train_pu(args) -> int:
     if args.workers is not None or args.resume:
         return run_train_pu_workers(args)
     from search.driver import check_output_file, check_output_folder
-    from trainers.files import write_json
-    from trainers.pu import classifier_of, load_tables, train_pu
+    from trainers.pu import classifier_of, finalise, load_tables, train_pu
 
     cfg = _config_from_args(PUConfig, args)
     if args.smoke_test:
@@ -89,14 +88,10 @@ def run_train_pu(args) -> int:
     if "test_f1" in result:
         print("test  " + "  ".join(f"{k} {result['test_' + k]:.4f}" for k in ("f1", "auc", "accuracy", "precision", "recall")))
     print(f"{result['seconds']:.1f} s")
-    if args.out:
-        write_json(args.out, _result_json(result))
-        print(f"wrote {args.out}")
-    if args.save and result["status"] == "ok":
-        classifier_of(result["population"], result["threshold_logit"], cfg, val_fitness=result["val_fitness"],
-                      train=result["train_source"], n_train=result["n_train"], epoch_used=result["epoch_used"]
-                      ).save(args.save)
-        print(f"saved the classifier to {args.save}")
+    classifier = None if result["status"] != "ok" else classifier_of(
+        result["population"], result["threshold_logit"], cfg, val_fitness=result["val_fitness"],
+        train=result["train_source"], n_train=result["n_train"], epoch_used=result["epoch_used"])
+    finalise(_result_json(result), classifier, args.save, args.out, log=print)
     return 0 if result["status"] == "ok" else 1
 
 

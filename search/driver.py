@@ -222,3 +222,27 @@ def train_job(loop, config: dict, scaling: Scaling, name: str, storage: str, kee
             checkpoint_config=train.CheckpointConfig(num_to_keep=keep),
         ),
     )
+
+
+def run_single_job(loop, config: dict, scaling: Scaling, folder: Path, run_name: str, progress: Path,
+                   printer: Callable[[], None], after_fit: Callable[[], None] = lambda: None) -> dict:
+    """The one Ray job driver of the single-job commands (train-dpo, train-pu --workers): ``loop``
+    as a Train job under ``folder/ray/run_name`` (same name on --resume: it continues from its
+    checkpoint), rank 0's reports appended to ``progress`` and printed as they come by
+    ``printer``; then ``after_fit()`` (e.g. raise a worker's data error as the user's), and the
+    state the last checkpoint holds."""
+    import torch
+
+    from search.background import every
+    from search.progress import ReportFile
+    from trainers.loop import STATE_FILE
+
+    trainer = train_job(loop, config, scaling, run_name, str(folder / "ray"), keep=1, callbacks=[ReportFile(progress)])
+    with every(0.5, printer):
+        result = trainer.fit()
+    after_fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as checkpoint:
+        return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+

@@ -620,7 +620,25 @@ def classifier_of(pop: Population, threshold_logit: float, cfg: PUConfig, **deta
     (name and, for a Taylor loss, its terms), its configuration and ``details``."""
     from trainers.classifier import PUClassifier
 
-    loss = resolve_loss(cfg.loss)
-    meta = {"loss": loss_label(loss), "loss_spec": loss.to_dict() if isinstance(loss, TaylorLoss) else loss,
+    return PUClassifier.from_population(pop, 0, threshold_logit, classifier_meta(resolve_loss(cfg.loss), cfg, **details))
+
+
+def classifier_meta(loss: str | TaylorLoss, cfg: PUConfig, **details) -> dict:
+    """What a saved classifier records about its training (in-process or --workers): its loss (name
+    and, for a Taylor loss, its terms), its configuration and ``details``."""
+    return {"loss": loss_label(loss), "loss_spec": loss.to_dict() if isinstance(loss, TaylorLoss) else loss,
             "config": asdict(cfg), "fitness": cfg.fitness, **details}
-    return PUClassifier.from_population(pop, 0, threshold_logit, meta)
+
+
+def finalise(result: dict, classifier, save: str | None, out: str | None, log: Callable[[str], None]) -> dict:
+    """The one end of a PU run (in-process train-pu and --workers): save the classifier (--save,
+    a folder or URI) when there is one, then write the results (--out, a file or URI)."""
+    from trainers.files import write_json
+
+    if save and classifier is not None:
+        classifier.save(save)
+        log(f"saved the classifier to {save}")
+    if out:
+        write_json(out, result)
+        log(f"wrote {out}")
+    return result
