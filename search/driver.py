@@ -45,6 +45,18 @@ class RunFolder:
         return spec
 
 
+def local_run_folder(location: str | Path, flag: str) -> Path:
+    """A run folder's path. Its spec, logs and checkpoints are appended to and renamed in place,
+    which an object store cannot do, so a URI is refused before any work (rather than written to
+    a local folder named ``s3:``)."""
+    from trainers.data.storage import is_remote
+
+    if is_remote(location):
+        raise UsageError(f"{flag} {location}: a run folder must be a local path (or a shared file system), not a URI; "
+                         "--save and --out write to a bucket")
+    return Path(location).expanduser().resolve()
+
+
 def start_run(
     folder: RunFolder,
     resume: bool,

@@ -61,6 +61,10 @@ class SearchOptions:
         if self.concurrency is not None and self.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         check_name(self.name)
+        from trainers.data.storage import is_remote
+
+        if is_remote(self.storage):  # the evaluation log is appended to in place: an object store cannot
+            raise UsageError(f"--storage {self.storage}: results folders must be on a local (or shared) file system, not a URI")
         if self.test and len(self.test) != len(self.train):
             raise UsageError(f"give one --test per --train ({len(self.train)} --train, {len(self.test)} --test)")
 

@@ -51,11 +51,11 @@ def score(scorer_folder: str | Path, pairs: PreferencePairs) -> dict:
 def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str, scaling: Scaling = Scaling(),
                   resume: bool = False, address: str | None = None, log=print) -> dict:
     """Train (or resume) a preference classifier as a Ray Train job, save its scorer, score the test pairs."""
-    from search.driver import RunFolder, run_single_job, start_ray, start_run
+    from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
     from trainers.loop import dpo_worker_loop
 
     started = time.perf_counter()
-    folder = RunFolder(Path(out).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
+    folder = RunFolder(local_run_folder(out, "--out"), SPEC_FILE, "the same command with --resume")
     spec = None if resume else {"dpo": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
                                 "scaling": asdict(scaling)}
     spec, (train_pairs, test_pairs) = start_run(folder, resume, spec, _dpo_inputs(address))

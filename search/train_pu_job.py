@@ -79,11 +79,11 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
                      scaling: Scaling = Scaling(), resume: bool = False, address: str | None = None,
                      out: str | None = None, overwrite: bool = False, log=print) -> dict:
     """Train (or resume) one classifier as a Ray Train job; save it; score the test set once."""
-    from search.driver import RunFolder, run_single_job, start_ray, start_run
+    from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
     from trainers.loop import pu_worker_loop
 
     started = time.perf_counter()
-    folder = RunFolder(Path(run_dir).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
+    folder = RunFolder(local_run_folder(run_dir, "--run-dir"), SPEC_FILE, "the same command with --resume")
     fresh = not resume and not folder.path.exists()
     spec = None if resume else {"pu": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
                                 "save": save if save is None else _absolute(save), "out": out, "scaling": asdict(scaling)}

@@ -296,6 +296,11 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("resume a search.json that is a list", ["resume", "listspec", *S], ["search.json", "not an object"]),
         ("report a search that never ran", ["report", "never", *S], ["never", "search.json"]),
         ("report ../escape", ["report", "../escape", *S], ["--name"]),
+        # a run folder is appended to in place: a URI is refused before any work, not written to ./s3:/
+        ("search --storage a URI", ["search", "--name", "x", "--storage", "s3://bucket/results"], ["--storage", "URI"]),
+        ("train-dpo --out a URI", ["train-dpo", "--out", "s3://bucket/run"], ["--out", "s3://bucket/run"]),
+        ("train-pu --workers --run-dir a URI", ["train-pu", "--train", D, "--workers", "1", "--run-dir", "s3://bucket/run"],
+         ["--run-dir", "s3://bucket/run"]),
         # train-dpo
         ("train-dpo labels outside [0, 1]", ["train-dpo", "--train", "{W}/pairs/label3.jsonl", "--out", "{W}/out/d1"],
          ["label3.jsonl", "'label'"]),
