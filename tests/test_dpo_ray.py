@@ -53,7 +53,7 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
 
 
 
-def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
+def test_dpo_search_tells_every_candidate_exports_the_best_and_scores_it_on_test_once(tmp_path, local_ray):
     lines = []
     opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
                          seed_losses=["dpo", "sigmoid"], task_options=PreferenceSearchOptions(max_pairs=400))
@@ -62,6 +62,8 @@ def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
     told = EvaluationLog(folder).told()
     assert sorted(e.id for e in told) == [0, 1, 2, 3]
     assert [e.source for e in sorted(told, key=lambda e: e.id)][:2] == ["seed:dpo", "seed:sigmoid"]
+    seeds = [e.vector for e in told if e.source.startswith("seed:")]
+    assert all(e.vector not in seeds for e in told if not e.source.startswith("seed:"))  # the optimiser's own points
     assert all(e.status == "ok" and 0.0 <= e.fitness <= 1.0 for e in told)
     assert any("candidate 2/2" in line for line in lines)
     best = PreferenceTaylorLoss.load(folder / "best_loss.json")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 
-def test_search_end_to_end(tmp_path, local_ray, capsys):
+def test_search_evaluates_exactly_the_budget_reevaluates_the_elites_and_exports_the_winner(tmp_path, local_ray, capsys):
     lines = []
     opts = SearchOptions(name="e2e", storage=str(tmp_path), budget=6, pack=3, epochs=2, concurrency=1,
                          seed_losses=["pan", "naive"], task_options=SMALL_PU)
