@@ -82,8 +82,8 @@ def default_concurrency(opts: SearchOptions) -> int:
 def run_search(task, opts: SearchOptions, resume: bool = False, address: str | None = None, log=print,
                searcher_class=None) -> dict:
     """Run (or resume) a search of ``task`` (a :class:`search.tasks.Task`) to its budget, then
-    re-evaluate (PU), report and score once on test. ``searcher_class`` lets a caller substitute a :class:`PackSearcher` subclass (tests use
-    it to inject a NaN candidate)."""
+    re-evaluate (PU), report and score once on test. ``searcher_class`` lets a caller substitute
+    a :class:`PackSearcher` subclass (tests use it to inject a NaN candidate)."""
     started = time.perf_counter()
     if opts.name is None and not resume:
         opts = replace(opts, name=time.strftime("search-%Y%m%d-%H%M%S"))
