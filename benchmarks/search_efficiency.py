@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from search.options import SearchOptions, with_task_defaults  # noqa: E402
-from search.space import TaylorSpace, make_optimizer  # noqa: E402
+from search.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
 from search.reevaluation import choose_elites, reevaluation_plan, summarise  # noqa: E402
 from trainers.boundary import DIVERGED_FITNESS  # noqa: E402
@@ -46,7 +46,7 @@ def build_optimizer(name: str, space: TaylorSpace, budget: int, workers: int, se
         cma = ng.optimizers.ParametrizedCMA(popsize=int(name[len("CMA-pop"):]))
         opt = cma(parametrization=space.parametrization(seed), budget=budget, num_workers=workers)
         return opt
-    return make_optimizer(name, space, budget, workers, seed)
+    return make_nevergrad_optimizer(name, space, budget, workers, seed)
 
 
 def run_optimizer(name: str, budget: int, pack: int, workers: int, plan, space: TaylorSpace, seed: int):

@@ -29,7 +29,7 @@ import ray  # noqa: E402
 from search.evaluations import EvaluationLog  # noqa: E402
 from search.options import SearchOptions  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
-from search.space import TaylorSpace, make_optimizer  # noqa: E402
+from search.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
 from search.tuner import run_search  # noqa: E402
 from trainers.config import PUConfig  # noqa: E402
 from trainers.pu_pack import PUPackPlan, run_pack  # noqa: E402
@@ -39,7 +39,7 @@ PLAIN = PUSearchOptions(folds=1, controls=[], rungs=[], reevaluate=0)
 
 
 def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
-    opt = make_optimizer("RandomSearch", TaylorSpace(order), budget=n, num_workers=n, seed=seed)
+    opt = make_nevergrad_optimizer("RandomSearch", TaylorSpace(order), budget=n, num_workers=n, seed=seed)
     return [np.asarray(opt.ask().value) for _ in range(n)]
 
 

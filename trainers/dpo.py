@@ -140,7 +140,7 @@ def taylor_pair_loss(coefficients: list[float], center: float):
 GradientSync = Callable[[list[torch.Tensor]], None]
 
 
-def make_optimizer(model, cfg: DPOConfig) -> torch.optim.Optimizer:
+def make_adamw(model, cfg: DPOConfig) -> torch.optim.Optimizer:
     """AdamW; the encoder's zero-initialised head learns at ``head_lr``: at a fine-tuning rate
     (3e-5) a head that starts at 0 barely moves in an epoch, and while it is ~0 the encoder gets
     no gradient either (MiniLM on AlpacaEval stayed at loss log 2 for a whole epoch)."""
@@ -323,7 +323,7 @@ class Run:
 
     @classmethod
     def start(cls, model, cfg: DPOConfig) -> "Run":
-        return cls(model, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), history=[])
+        return cls(model, make_adamw(model, cfg), torch.Generator().manual_seed(cfg.seed), history=[])
 
     def record(self, epoch_metrics: dict) -> None:
         self.epoch += 1
