@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from search.background import every  # noqa: E402
 from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import PUSearchOptions, SearchOptions  # noqa: E402
+from search.options import SearchOptions  # noqa: E402
+from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
 from search.tuner import run_search  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def search(name: str, storage: str, **options) -> dict:
     opts = SearchOptions(name=name, storage=storage, optimizer="RandomSearch", seed_losses=[], task_options=plain, **options)
     samples: list[float] = []
     with every(0.5, lambda: sample_utilisation(samples), final=False):
-        summary = run_search(opts, log=lambda m: None)
+        summary = run_search(PUTask(), opts, log=lambda m: None)
     ray.shutdown()
     tells = [e for e in EvaluationLog(Path(summary["folder"])).events() if e["event"] == "tell"]
     ok = sum(e["status"] == "ok" for e in tells)

@@ -8,8 +8,10 @@ search trial runs (trainers.pu_pack.run_pack: the same plan, so the same fitness
 each pack's results. Random search runs N candidates; every other optimiser up to --max-factor
 x N. Reported per optimiser: the first evaluation at which its best-so-far reaches random
 search's best of N (target for the default: <= N/3), and -- because the best of N noisy values
-is partly luck -- the re-evaluated fitness of its final pick (top 3 by search fitness plus its
-recommendation, retrained on fresh folds and seeds), which is what a user gets.
+is partly luck -- the re-evaluated fitness of its final pick: the product's own re-evaluation
+stage (search.reevaluation with the search's defaults: the top --reevaluate candidates and the
+recommendation retrained next to the controls on fresh folds, the winner by lower confidence
+bound), which is what a user gets.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,10 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from search.options import PUSearchOptions, SearchOptions  # noqa: E402
-from search.space import TaylorSpace, make_optimizer  # noqa: E402
-from search.tasks import get_task, with_task_defaults  # noqa: E402
-from trainers.pu_pack import REEVALUATION_STREAM, run_pack  # noqa: E402
+from search.options import SearchOptions, with_task_defaults  # noqa: E402
+from search.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
+from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
+from search.reevaluation import choose_elites, reevaluation_plan, summarise  # noqa: E402
+from trainers.boundary import DIVERGED_FITNESS  # noqa: E402
+from trainers.pu_pack import run_pack  # noqa: E402
 
 # (name in Nevergrad's registry or a configured one, how to build it)
 OPTIMIZERS = ["TwoPointsDE", "CMA-pop16", "NGOpt", "TBPSA", "NoisyDE", "PSO"]
@@ -43,7 +46,7 @@ def build_optimizer(name: str, space: TaylorSpace, budget: int, workers: int, se
         cma = ng.optimizers.ParametrizedCMA(popsize=int(name[len("CMA-pop"):]))
         opt = cma(parametrization=space.parametrization(seed), budget=budget, num_workers=workers)
         return opt
-    return make_optimizer(name, space, budget, workers, seed)
+    return make_nevergrad_optimizer(name, space, budget, workers, seed)
 
 
 def run_optimizer(name: str, budget: int, pack: int, workers: int, plan, space: TaylorSpace, seed: int):
@@ -61,14 +64,18 @@ def run_optimizer(name: str, budget: int, pack: int, workers: int, plan, space: 
     return np.maximum.accumulate(history), opt, told
 
 
-def final_pick(opt, told, plan, space: TaylorSpace) -> float:
-    """Re-evaluated fitness of the optimiser's pick: its top 3 and its recommendation retrained on
-    fresh folds and seeds, the best of them by mean."""
-    top = sorted(told, key=lambda t: -t[1])[:3]
-    vectors = [v for v, _ in top] + [np.asarray(opt.provide_recommendation().value)]
-    stage = replace(plan, folds=4, seeds_per_candidate=2, rungs=[plan.rungs[-1]], keep=1.0, stream=REEVALUATION_STREAM)
-    state = run_pack(stage, 0, [{"id": i, **space.candidate(v)} for i, v in enumerate(vectors)])
-    return max(r.fitness for r in state.results.values())
+def final_pick(opt, told, plan, space: TaylorSpace, opts: SearchOptions) -> float:
+    """Re-evaluated fitness of what a user gets: the product's own re-evaluation stage
+    (search.reevaluation, the search's defaults) on this optimiser's run -- its elites and
+    recommendation retrained next to the controls on fresh folds and seeds, the winner by lower
+    confidence bound."""
+    ok = [{"id": i, "source": "optimizer", "vector": list(v), "search_fitness": f}
+          for i, (v, f) in enumerate(told) if f > DIVERGED_FITNESS]
+    chosen = choose_elites(ok, opt.provide_recommendation().value, plan.controls, opts.task_options.reevaluate, len(told))
+    stage = reevaluation_plan(plan, opts.task_options, opts.epochs)
+    state = run_pack(stage, 0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen])
+    record = summarise(chosen, list(state.results.values()), stage.members_per_unit)
+    return next(r["reevaluated_fitness"] for r in record["rows"] if r["id"] == record["winner"])
 
 
 def main() -> None:
@@ -86,9 +93,9 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    opts = with_task_defaults(SearchOptions(name="efficiency", train=[args.train] if args.train else [], epochs=args.epochs,
-                                            task_options=PUSearchOptions()))
-    task = get_task("pu")
+    task = PUTask()
+    opts = with_task_defaults(task, SearchOptions(name="efficiency", train=[args.train] if args.train else [],
+                                                  epochs=args.epochs, task_options=PUSearchOptions()))
     plan, space = task.plan(opts, task.read_inputs(opts)), TaylorSpace(opts.order)
     print(f"{args.train or 'built-in problem'}, order {space.order} ({space.dimension} dims), {args.epochs} epochs, "
           f"rungs {plan.rungs}, folds {plan.folds}, controls {[c['name'] for c in plan.controls]}, packs of {args.pack}")
@@ -98,14 +105,14 @@ def main() -> None:
         random_curve, random_opt, random_told = run_optimizer("RandomSearch", args.n, args.pack, workers, plan, space, seed)
         target = random_curve[-1]
         table.setdefault("RandomSearch", []).append({"needed": args.n, "best": float(target),
-                                                     "pick": final_pick(random_opt, random_told, plan, space)})
+                                                     "pick": final_pick(random_opt, random_told, plan, space, opts)})
         print(f"seed {seed}: random best of {args.n} = {target:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
         for name in args.optimizers.split(","):
             t = time.perf_counter()
             curve, opt, told = run_optimizer(name, int(args.max_factor * args.n), args.pack, workers, plan, space, seed)
             hit = np.flatnonzero(curve >= target)
             row = {"needed": int(hit[0]) + 1 if len(hit) else None, "best": float(curve[-1]),
-                   "pick": final_pick(opt, told, plan, space)}
+                   "pick": final_pick(opt, told, plan, space, opts)}
             table.setdefault(name, []).append(row)
             print(f"  {name:<12} best {row['best']:.4f}, reached random's best at {row['needed'] or 'never'}, "
                   f"re-evaluated pick {row['pick']:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)

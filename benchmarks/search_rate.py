@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import PUSearchOptions, SearchOptions  # noqa: E402
-from search.tasks import get_task, with_task_defaults  # noqa: E402
+from search.options import SearchOptions, with_task_defaults  # noqa: E402
+from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
 from search.tuner import run_search  # noqa: E402
 
 
@@ -54,10 +54,10 @@ def main() -> None:
     opts = SearchOptions(name="rate", storage=storage, train=[args.train] if args.train else [], budget=args.budget,
                          task_options=PUSearchOptions(reevaluate=0))
     try:
-        summary = run_search(opts, log=lambda m: None)
+        task = PUTask()
+        summary = run_search(task, opts, log=lambda m: None)
         evaluations = EvaluationLog(Path(summary["folder"])).told()
-        full = with_task_defaults(opts)
-        task = get_task("pu")
+        full = with_task_defaults(task, opts)
         plan = task.plan(full, task.read_inputs(full))
         packs = len({e.pack for e in evaluations})
         rows = rung_costs(evaluations, plan, packs)

@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import PUSearchOptions, SearchOptions  # noqa: E402
-from search.space import TaylorSpace, make_optimizer  # noqa: E402
+from search.options import SearchOptions  # noqa: E402
+from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
+from search.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
 from search.tuner import run_search  # noqa: E402
 from trainers.config import PUConfig  # noqa: E402
 from trainers.pu_pack import PUPackPlan, run_pack  # noqa: E402
@@ -38,7 +39,7 @@ PLAIN = PUSearchOptions(folds=1, controls=[], rungs=[], reevaluate=0)
 
 
 def candidates(n: int, order: int, seed: int) -> list[np.ndarray]:
-    opt = make_optimizer("RandomSearch", TaylorSpace(order), budget=n, num_workers=n, seed=seed)
+    opt = make_nevergrad_optimizer("RandomSearch", TaylorSpace(order), budget=n, num_workers=n, seed=seed)
     return [np.asarray(opt.ask().value) for _ in range(n)]
 
 
@@ -58,7 +59,7 @@ def bare(vectors, opts: SearchOptions) -> tuple[float, float]:
 
 def searched(opts: SearchOptions) -> tuple[float, float, int, int]:
     """(tuning seconds, summed training seconds, concurrency, pack) of one search run, fresh cluster."""
-    summary = run_search(opts, log=lambda m: None)
+    summary = run_search(PUTask(), opts, log=lambda m: None)
     ray.shutdown()
     folder = Path(summary["folder"])
     tells = [e for e in EvaluationLog(folder).events() if e["event"] == "tell"]

@@ -19,9 +19,12 @@ from search.options import (
     SearchOptions,
     add_dataclass_options,
     add_search_options,
+    check_name,
     options_from_args,
     search_argv,
+    with_task_defaults,
 )
+from search.tasks import Task, get_task, load_search, task_options_classes
 from trainers.config import DPOConfig, PUConfig
 from trainers.errors import InputError
 
@@ -66,8 +69,7 @@ def run_train_pu(args) -> int:
     if args.workers is not None or args.resume:
         return run_train_pu_workers(args)
     from search.driver import check_output_file, check_output_folder
-    from trainers.files import write_json
-    from trainers.pu import classifier_of, load_tables, train_pu
+    from trainers.pu import classifier_of, finalise, load_tables, train_pu
 
     cfg = _config_from_args(PUConfig, args)
     if args.smoke_test:
@@ -86,14 +88,10 @@ def run_train_pu(args) -> int:
     if "test_f1" in result:
         print("test  " + "  ".join(f"{k} {result['test_' + k]:.4f}" for k in ("f1", "auc", "accuracy", "precision", "recall")))
     print(f"{result['seconds']:.1f} s")
-    if args.out:
-        write_json(args.out, _result_json(result))
-        print(f"wrote {args.out}")
-    if args.save and result["status"] == "ok":
-        classifier_of(result["population"], result["threshold_logit"], cfg, val_fitness=result["val_fitness"],
-                      train=result["train_source"], n_train=result["n_train"], epoch_used=result["epoch_used"]
-                      ).save(args.save)
-        print(f"saved the classifier to {args.save}")
+    classifier = None if result["status"] != "ok" else classifier_of(
+        result["population"], result["threshold_logit"], cfg, val_fitness=result["val_fitness"],
+        train=result["train_source"], n_train=result["n_train"], epoch_used=result["epoch_used"])
+    finalise(_result_json(result), classifier, args.save, args.out, log=print)
     return 0 if result["status"] == "ok" else 1
 
 
@@ -235,30 +233,41 @@ def run_score_pairs(args) -> int:
 
 def add_search(sub) -> None:
     p = sub.add_parser("search", help="evolve a Taylor loss with Ray Tune + Nevergrad")
-    add_search_options(p)
+    add_search_options(p, task_options_classes())
     p.add_argument("--address", help="join this Ray cluster (default: start a local one)")
     p.add_argument("--resume", action="store_true", help="continue the search --name where it stopped")
     p.add_argument("--smoke-test", action="store_true", help="budget 8, 2 epochs, 2 elites (dpo: 1 epoch, 600 pairs)")
     p.set_defaults(run=run_search_command)
 
 
-def search_options(args) -> SearchOptions:
-    from search.tasks import get_task
-
-    opts = options_from_args(args)
+def search_options(args) -> tuple[Task, SearchOptions]:
+    """The task named by --task (resolved here, once) and the search's options."""
+    opts = options_from_args(args, task_options_classes())
+    task = get_task(opts.task)
     if getattr(args, "smoke_test", False):
-        opts = get_task(opts.task).smoke(replace(opts, budget=min(opts.budget, 8), pack=min(opts.pack or 4, 4)))
-    return opts
+        opts = task.smoke(replace(opts, budget=min(opts.budget, 8), pack=min(opts.pack or 4, 4)))
+    return task, opts
+
+
+def resumed_search(name: str | None, storage: str, concurrency: int | None) -> tuple[Task, SearchOptions]:
+    """The task and options search ``name`` was started with; --concurrency may change."""
+    check_name(name)
+    task, opts = load_search(Path(storage).expanduser().resolve() / name)
+    return task, replace(opts, concurrency=concurrency if concurrency is not None else opts.concurrency)
 
 
 def run_search_command(args) -> int:
-    return _run_and_print(search_options(args), args.resume, args.address)
+    if args.resume:
+        task, opts = resumed_search(args.name, args.storage, args.concurrency)
+    else:
+        task, opts = search_options(args)
+    return _run_and_print(task, opts, args.resume, args.address)
 
 
-def _run_and_print(opts: SearchOptions, resume: bool, address: str | None) -> int:
+def _run_and_print(task: Task, opts: SearchOptions, resume: bool, address: str | None) -> int:
     from search.tuner import run_search
 
-    summary = run_search(opts, resume=resume, address=address, log=lambda m: print(m, flush=True))
+    summary = run_search(task, opts, resume=resume, address=address, log=lambda m: print(m, flush=True))
     print(f"results in {summary['folder']} ({summary['seconds']:.0f} s)")
     if summary["told"] and not any(e.status == "ok" for e in summary["leaderboard"]):
         print("lossforge search: every candidate failed or diverged (see evaluations.jsonl)", file=sys.stderr)
@@ -276,8 +285,8 @@ def add_resume(sub) -> None:
 
 
 def run_resume(args) -> int:
-    opts = SearchOptions(name=args.name, storage=args.storage, concurrency=args.concurrency)
-    return _run_and_print(opts, True, args.address)
+    task, opts = resumed_search(args.name, args.storage, args.concurrency)
+    return _run_and_print(task, opts, True, args.address)
 
 
 def add_report(sub) -> None:
@@ -289,12 +298,11 @@ def add_report(sub) -> None:
 
 
 def run_report(args) -> int:
-    from search.options import check_name
     from search.report import format_leaderboard, write_report
 
     check_name(args.name)
     folder = Path(args.storage).expanduser() / args.name
-    summary = write_report(folder)
+    summary = write_report(folder, *load_search(folder))
     print(format_leaderboard(summary, top=args.top))
     print(f"wrote {folder}/leaderboard.csv, best_loss.json, best_loss.txt and plots")
     return 0
@@ -307,7 +315,7 @@ SUBMIT_STORAGE = "~/lossforge_results"  # on the cluster: a job's working direct
 
 def add_submit(sub) -> None:
     p = sub.add_parser("submit", help="send a search to a Ray cluster through the Jobs API")
-    add_search_options(p, SearchOptions(storage=SUBMIT_STORAGE))
+    add_search_options(p, task_options_classes(), SearchOptions(storage=SUBMIT_STORAGE))
     p.add_argument("--address", help="the cluster's dashboard (default: RAY_ADDRESS or http://127.0.0.1:8265)")
     p.add_argument("--resume", action="store_true", help="continue the search --name on the cluster")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
@@ -320,13 +328,13 @@ def run_submit(args) -> int:
     import time
 
     from search import jobs
-    from search.tasks import get_task, with_task_defaults
 
-    opts = options_from_args(args)
+    opts = options_from_args(args, task_options_classes())
     if opts.name is None:
         opts = replace(opts, name=time.strftime("search-%Y%m%d-%H%M%S"))  # named here, so resume knows it
     opts.validate_common()  # a bad option fails here, not minutes later on the cluster
-    get_task(opts.task).validate(with_task_defaults(opts))
+    task = get_task(opts.task)
+    task.validate(with_task_defaults(task, opts))
     argv = search_argv(opts) + (["--resume"] if args.resume else [])
     job_id = jobs.submit(args.address, argv, working_dir=not args.no_working_dir)
     print(f"submitted job {job_id}: search {opts.name!r} (resume with: lossforge submit --name {opts.name} --resume)")
@@ -430,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 1  # if anything else escapes: a failure of ours, with its traceback
     try:
         code = args.run(args)
-    except (InputError, FileNotFoundError) as err:
+    except InputError as err:
         print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:

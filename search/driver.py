@@ -45,6 +45,18 @@ class RunFolder:
         return spec
 
 
+def local_run_folder(location: str | Path, flag: str) -> Path:
+    """A run folder's path. Its spec, logs and checkpoints are appended to and renamed in place,
+    which an object store cannot do, so a URI is refused before any work (rather than written to
+    a local folder named ``s3:``)."""
+    from trainers.data.storage import is_remote
+
+    if is_remote(location):
+        raise UsageError(f"{flag} {location}: a run folder must be a local path (or a shared file system), not a URI; "
+                         "--save and --out write to a bucket")
+    return Path(location).expanduser().resolve()
+
+
 def start_run(
     folder: RunFolder,
     resume: bool,
@@ -222,3 +234,27 @@ def train_job(loop, config: dict, scaling: Scaling, name: str, storage: str, kee
             checkpoint_config=train.CheckpointConfig(num_to_keep=keep),
         ),
     )
+
+
+def run_single_job(loop, config: dict, scaling: Scaling, folder: Path, run_name: str, progress: Path,
+                   printer: Callable[[], None], after_fit: Callable[[], None] = lambda: None) -> dict:
+    """The one Ray job driver of the single-job commands (train-dpo, train-pu --workers): ``loop``
+    as a Train job under ``folder/ray/run_name`` (same name on --resume: it continues from its
+    checkpoint), rank 0's reports appended to ``progress`` and printed as they come by
+    ``printer``; then ``after_fit()`` (e.g. raise a worker's data error as the user's), and the
+    state the last checkpoint holds."""
+    import torch
+
+    from search.background import every
+    from search.progress import ReportFile
+    from trainers.loop import STATE_FILE
+
+    trainer = train_job(loop, config, scaling, run_name, str(folder / "ray"), keep=1, callbacks=[ReportFile(progress)])
+    with every(0.5, printer):
+        result = trainer.fit()
+    after_fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as checkpoint:
+        return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+

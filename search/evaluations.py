@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainers.errors import DataError
+from trainers.files import complete_lines, write_text_atomic
 
 LOG_NAME = "evaluations.jsonl"
 
@@ -51,9 +52,7 @@ class EvaluationLog:
 
     def _complete_lines(self) -> tuple[list[str], bytes]:
         """(the complete lines, the torn tail after the last newline: empty if none)."""
-        raw = self.path.read_bytes() if self.path.exists() else b""
-        cut = raw.rfind(b"\n") + 1
-        return raw[:cut].decode("utf-8", errors="replace").splitlines(), raw[cut:]
+        return complete_lines(self.path)
 
     def events(self) -> list[dict]:
         lines, _ = self._complete_lines()  # a torn tail is an event that never completed
@@ -74,12 +73,7 @@ class EvaluationLog:
             return 0
         n = 1 + sum(1 for _ in self.path.parent.glob(self.path.name + ".torn-*"))
         shutil.copy2(self.path, self.path.with_name(f"{self.path.name}.torn-{n}"))
-        tmp = self.path.with_name(f".{self.path.name}.repair")
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in lines))
         return len(tail)
 
     def evaluations(self) -> list[Evaluation]:

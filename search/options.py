@@ -1,8 +1,9 @@
 """A search's options as dataclasses, and the command line derived from them.
 
 ``SearchOptions`` holds what every search has; what one task needs lives in that task's own
-options dataclass (``PUSearchOptions``, ``PreferenceSearchOptions``), nested as
-``task_options``. Every field carries its ``--help`` (``trainers.config.opt``), and
+options dataclass (``search.tasks.pu.PUSearchOptions``, ``search.tasks.preference.
+PreferenceSearchOptions``), nested as ``task_options``; the functions here take the tasks'
+classes as an argument (``search.tasks.task_options_classes()``) rather than knowing them. Every field carries its ``--help`` (``trainers.config.opt``), and
 :func:`add_dataclass_options` turns fields into flags, so an option is written down once.
 Nothing here imports torch, Ray or Nevergrad: building the parser must stay instant.
 """
@@ -10,103 +11,25 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
-from trainers.config import (
-    DEFAULT_VAL_METRIC, LABELLING_HELP, LABELLINGS, PU_FITNESS, SEARCH_DEFAULT_FITNESS, TRUTH_FITNESS, VAL_HELP,
-    VAL_METRICS, VAL_SIZE_HELP, check_validation_options, opt,
-)
+from trainers.config import opt
 from trainers.errors import UsageError
 
 DEFAULT_STORAGE = "lossforge_results"
-
-
-@dataclass
-class PUSearchOptions:
-    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled")
-    labelling: str = opt("scar", LABELLING_HELP, choices=LABELLINGS)
-    val: str | None = opt(None, VAL_HELP + " (with one --train)")
-    val_size: int = opt(0, VAL_SIZE_HELP + " (per --train)")
-    val_metric: str = opt(DEFAULT_VAL_METRIC, "with a labelled validation set: each member's metric on it",
-                          choices=VAL_METRICS)
-    prior: float | None = opt(None, "class prior, for a fitness that needs one (benchmark data: the truth)")
-    fitness: str = opt(SEARCH_DEFAULT_FITNESS, "each member's validation metric without a labelled validation set "
-                       "(PU information only)", choices=PU_FITNESS + TRUTH_FITNESS)
-    folds: int = opt(2, "validation folds per candidate (labelled/validation partitions, re-drawn for every pack)")
-    seeds_per_candidate: int = opt(1, "training seeds per candidate and fold")
-    controls: list[str] = opt(["pan", "naive"], "hand-made losses trained in every pack on the same folds and seeds; "
-                                                "fitness is the paired margin over the best of them (none: raw fitness)")
-    rungs: list[int] = opt([1, 3], "successive halving: epochs at each rung before the last (the last is --epochs; "
-                                   "rungs at or past it are dropped); none: every candidate trains every epoch")
-    keep: float = opt(1 / 3, "share of candidates that train on after each rung")
-    reevaluate: int = opt(8, "elites retrained after the search on fresh folds and seeds (0: none)")
-    reevaluation_folds: int = opt(4, "folds per elite in the re-evaluation (never seen by the search)")
-    reevaluation_seeds: int = opt(1, "seeds per elite and fold in the re-evaluation")
-    sample_rows: int | None = opt(None, "search on a seeded sample of this many rows of each --train, stratified "
-                                        "(labelled and unlabelled rows keep their shares; written to the results "
-                                        "folder); then train the found loss on everything with train-pu --workers")
-
-    def validate(self, epochs: int) -> None:
-        if self.fitness not in PU_FITNESS + TRUTH_FITNESS:
-            raise UsageError(f"unknown fitness {self.fitness!r}; choose from {PU_FITNESS} (PU-only) or {TRUTH_FITNESS}")
-        if not 0.0 < self.labelled_frac <= 1.0:
-            raise UsageError(f"--labelled-frac must be in (0, 1], got {self.labelled_frac}")
-        check_validation_options(self.labelling, self.val, self.val_size, self.val_metric)
-        if self.prior is not None and not 0.0 < self.prior < 1.0:
-            raise UsageError(f"--prior must be in (0, 1), got {self.prior}")
-        if self.folds < 1 or self.seeds_per_candidate < 1 or self.reevaluation_folds < 1 or self.reevaluation_seeds < 1:
-            raise UsageError("--folds, --seeds-per-candidate, --reevaluation-folds and --reevaluation-seeds must be at least 1")
-        if self.reevaluate < 0:
-            raise UsageError(f"--reevaluate must be >= 0, got {self.reevaluate}")
-        if not 0.0 < self.keep <= 1.0:
-            raise UsageError(f"--keep must be in (0, 1], got {self.keep}")
-        if self.sample_rows is not None and self.sample_rows < 10:
-            raise UsageError(f"--sample-rows must be at least 10, got {self.sample_rows}")
-        if any(r < 1 for r in self.rungs) or self.rungs != sorted(set(self.rungs)):
-            raise UsageError(f"--rungs must be increasing epoch counts (at least 1), got {self.rungs}")
-
-    def labelling_fields(self) -> dict:
-        """The PUConfig fields that say how a training set is labelled and validated: the search's
-        packs, its re-evaluation and its final report all label and validate alike."""
-        return {"labelled_frac": self.labelled_frac, "labelling": self.labelling, "val": self.val,
-                "val_size": self.val_size, "val_metric": self.val_metric, "fitness": self.fitness}
-
-    def rung_epochs(self, epochs: int) -> list[int]:
-        """Epochs at each rung: the --rungs below --epochs, then --epochs itself (a short search
-        simply has fewer rungs)."""
-        return [r for r in self.rungs if r < epochs] + [epochs]
-
-
-@dataclass
-class PreferenceSearchOptions:
-    mode: str = opt("encoder", "the model kind", choices=("encoder", "causal"))
-    model: str | None = opt(None, "local Hugging Face model folder (default: the built-in tiny model)")
-    max_pairs: int | None = opt(None, "train on a seeded sample of this many pairs")
-    fitness: str = opt("val_agreement", "validation agreement with the labels", choices=("val_agreement",))
-
-    def validate(self, epochs: int) -> None:
-        if self.fitness != "val_agreement":
-            raise UsageError(f"unknown fitness {self.fitness!r} for --task dpo; choose from ('val_agreement',)")
-        if self.max_pairs is not None and self.max_pairs < 2:
-            raise UsageError(f"--max-pairs must be at least 2, got {self.max_pairs}")
-
-
-TASK_OPTIONS = {"pu": PUSearchOptions, "dpo": PreferenceSearchOptions}
-
-
 @dataclass
 class SearchOptions:
     name: str | None = opt(None, "results folder name under --storage (default: search-<date>-<time>)")
     task: str = opt("pu", "pu: the selector/discriminator Taylor family (Parquet embeddings); "
-                          "dpo: pairwise preference losses (pairs)", choices=tuple(TASK_OPTIONS))
+                          "dpo: pairwise preference losses (pairs)")
     storage: str = opt(DEFAULT_STORAGE, "where results folders live")
     train: list[str] = opt([], "training data; pu: repeat for a multi-data-set search (default: the built-in task)",
                            repeat=True)
     test: list[str] = opt([], "held-out data with the truth, one per --train, scored once for the final report",
                           repeat=True)
     budget: int = opt(32, "candidates to evaluate")
-    # NGOpt: the default by benchmarks/search_efficiency.py (README, "Which optimiser").
+    # NGOpt: the default by benchmarks/search_efficiency.py (benchmarks/RESULTS.md, "Which optimiser").
     optimizer: str = opt("NGOpt", "any name in Nevergrad's optimizer registry")
     order: int = opt(2, "Taylor order: 1-4 (pu), 1-6 (dpo)")
     pack: int | None = opt(None, "candidates trained together in one trial (default auto: the budget over one "
@@ -120,14 +43,7 @@ class SearchOptions:
                                               "dpo,sigmoid,brier (dpo; default dpo)")
     seed: int = opt(0, "labelling, folds, optimiser and training seeds")
     max_failures: int = opt(2, "Train restarts per pack after a node loss")
-    task_options: object = opt(None, cli=False)
-
-    def __post_init__(self):
-        options_class = TASK_OPTIONS.get(self.task)
-        if isinstance(self.task_options, dict) and options_class is not None:
-            self.task_options = options_class(**self.task_options)
-        elif self.task_options is None and options_class is not None:
-            self.task_options = options_class()
+    task_options: object = opt(None, cli=False)  # the task's options dataclass (None: its defaults)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,11 +51,9 @@ class SearchOptions:
     @classmethod
     def from_dict(cls, d: dict) -> "SearchOptions":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in known})  # task_options stays a dict: the task reads it
 
     def validate_common(self) -> None:
-        if self.task not in TASK_OPTIONS:
-            raise UsageError(f"--task must be one of {tuple(TASK_OPTIONS)}, got {self.task!r}")
         if self.budget < 1 or (self.pack is not None and self.pack < 1) or (self.epochs is not None and self.epochs < 1):
             raise UsageError("--budget, --pack and --epochs must be at least 1")
         if self.workers_per_trial < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0 or self.max_failures < 0:
@@ -147,11 +61,22 @@ class SearchOptions:
         if self.concurrency is not None and self.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         check_name(self.name)
+        from trainers.data.storage import is_remote
+
+        if is_remote(self.storage):  # the evaluation log is appended to in place: an object store cannot
+            raise UsageError(f"--storage {self.storage}: results folders must be on a local (or shared) file system, not a URI")
         if self.test and len(self.test) != len(self.train):
             raise UsageError(f"give one --test per --train ({len(self.train)} --train, {len(self.test)} --test)")
 
     def folder(self) -> Path:
         return Path(self.storage).expanduser().resolve() / self.name
+
+
+def with_task_defaults(task, opts: SearchOptions) -> SearchOptions:
+    """``opts`` with ``task``'s defaults where the caller left None (epochs, seed losses, options)."""
+    return replace(opts, epochs=opts.epochs if opts.epochs is not None else task.default_epochs,
+                   seed_losses=list(opts.seed_losses) if opts.seed_losses is not None else list(task.default_seed_losses),
+                   task_options=opts.task_options if opts.task_options is not None else task.options_class())
 
 
 def check_name(name: str | None) -> None:
@@ -219,30 +144,32 @@ def add_dataclass_options(parser, cls, defaults=None, skip=(), suppress: bool = 
         parser.add_argument(_flag(f.name), **kwargs)
 
 
-def add_search_options(parser, defaults: SearchOptions | None = None) -> None:
-    """The common options, then each task's (a flag two tasks share, like --fitness, once)."""
+def add_search_options(parser, task_options: dict[str, type], defaults: SearchOptions | None = None) -> None:
+    """The common options, then each task's (a flag two tasks share, like --fitness, once).
+    ``task_options``: --task name -> its options dataclass."""
     add_dataclass_options(parser, SearchOptions, defaults)
     seen: set[str] = set()
     counts: dict[str, int] = {}
-    for options_class in TASK_OPTIONS.values():
+    for options_class in task_options.values():
         for f in fields(options_class):
             counts[f.name] = counts.get(f.name, 0) + 1
     shared = {name for name, n in counts.items() if n > 1}
-    for task, options_class in TASK_OPTIONS.items():
+    for task, options_class in task_options.items():
         group = parser.add_argument_group(f"--task {task} options")
         add_dataclass_options(group, options_class, suppress=True, skip=seen, free=shared)
         seen |= {f.name for f in fields(options_class)}
 
 
-def options_from_args(args) -> SearchOptions:
-    """The parsed flags as SearchOptions; a flag of another task than ``--task`` is refused."""
+def options_from_args(args, task_options: dict[str, type]) -> SearchOptions:
+    """The parsed flags as SearchOptions; a flag of another task than ``--task`` is refused.
+    ``task_options``: --task name -> its options dataclass."""
     values = vars(args)
     common = {f.name: values[f.name] for f in fields(SearchOptions) if f.name in values}
     common["train"], common["test"] = common.get("train") or [], common.get("test") or []
     given = {k: v for k, v in values.items() if k not in common}
-    task_class = TASK_OPTIONS.get(common.get("task"))
+    task_class = task_options.get(common.get("task"))
     own = {f.name for f in fields(task_class)} if task_class else set()
-    for other, options_class in TASK_OPTIONS.items():
+    for other, options_class in task_options.items():
         stray = sorted({f.name for f in fields(options_class)} & given.keys() - own)
         if stray and other != common.get("task"):
             raise UsageError(f"{_flag(stray[0])} is an option of --task {other}, not --task {common.get('task')}")
@@ -254,7 +181,7 @@ def search_argv(opts: SearchOptions) -> list[str]:
     """SearchOptions back to ``lossforge search`` flags (what differs from the defaults)."""
     argv: list[str] = []
     defaults = SearchOptions(task=opts.task)
-    for owner, default_owner in ((opts, defaults), (opts.task_options, defaults.task_options)):
+    for owner, default_owner in ((opts, defaults), (opts.task_options, type(opts.task_options)())):
         for f in fields(owner):
             if not f.metadata.get("cli", True):
                 continue

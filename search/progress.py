@@ -10,6 +10,7 @@ from typing import Callable
 from ray.train import UserCallback
 
 from trainers.boundary import PackReport
+from trainers.files import complete_lines as _lines_and_tail
 
 
 class ReportFile(UserCallback):
@@ -26,8 +27,7 @@ class ReportFile(UserCallback):
 
 def complete_lines(path: Path) -> list[str]:
     """The file's lines up to its last newline: a half-written last line is left for later."""
-    raw = path.read_text() if path.exists() else ""
-    return raw[: raw.rfind("\n") + 1].splitlines()
+    return _lines_and_tail(path)[0]
 
 
 def last_report(path: Path) -> dict:

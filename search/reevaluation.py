@@ -28,20 +28,38 @@ LCB_Z = 1.0  # the winner maximises mean - 1 standard error of its re-evaluated 
 
 
 def elites(folder: Path, opts, searcher, plan) -> list[dict]:
-    """The controls, the top ``reevaluate`` ok candidates by search fitness, and the optimiser's
-    recommendation when it is a point the search never evaluated (noisy optimisers recommend an
-    average)."""
-    told = [e for e in EvaluationLog(folder).told() if e.status == "ok"]
-    top = sorted(told, key=lambda e: (-e.fitness, e.id))[: opts.task_options.reevaluate]
+    """The elites of the search in ``folder`` (see :func:`choose_elites`)."""
+    told = [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness}
+            for e in EvaluationLog(folder).told() if e.status == "ok"]
+    return choose_elites(told, searcher.optimizer.provide_recommendation().value, plan.controls,
+                         opts.task_options.reevaluate, opts.budget)
+
+
+def choose_elites(told: list[dict], recommendation, controls: list[dict], reevaluate: int, recommendation_id: int) -> list[dict]:
+    """The controls, the top ``reevaluate`` of ``told`` (ok candidates: id, source, vector,
+    search_fitness) and the optimiser's recommendation when it is a point the search never
+    evaluated (noisy optimisers recommend an average). Shared by the product and its benchmarks."""
+    top = sorted(told, key=lambda e: (-e["search_fitness"], e["id"]))[:reevaluate]
     chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": list(c["coefficients"]) + list(c["center"]),
-               "search_fitness": None} for i, c in enumerate(plan.controls)]
-    recommended = {"id": opts.budget, "source": "recommendation", "search_fitness": None,
-                   "vector": np.asarray(searcher.optimizer.provide_recommendation().value, dtype=float).tolist()}
-    for e in [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness} for e in top] + [recommended]:
+               "search_fitness": None} for i, c in enumerate(controls)]
+    recommended = {"id": recommendation_id, "source": "recommendation", "search_fitness": None,
+                   "vector": np.asarray(recommendation, dtype=float).tolist()}
+    for e in top + [recommended]:
         # A seed loss equal to a control (or a recommendation already evaluated) is trained once.
         if not any(np.allclose(e["vector"], c["vector"], atol=1e-9) for c in chosen):
             chosen.append(e)
     return chosen
+
+
+def reevaluation_plan(plan, task_options, epochs: int):
+    """The search's plan for the re-evaluation stage: fresh folds and seeds (a stream the search
+    never drew from), every elite trained every epoch (keep 1); the rungs only set how often it
+    checkpoints and reports."""
+    from trainers.pu_pack import REEVALUATION_STREAM
+
+    step = max(1, epochs // 5)
+    return replace(plan, folds=task_options.reevaluation_folds, seeds_per_candidate=task_options.reevaluation_seeds,
+                   keep=1.0, rungs=list(range(step, epochs, step)) + [epochs], stream=REEVALUATION_STREAM)
 
 
 def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tuple[float, float]:
@@ -54,31 +72,23 @@ def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tupl
     return result.fitness, float(np.sqrt(np.sum(se**2)) / len(scale))
 
 
-def reevaluate_elites(folder: Path, opts, plan, searcher, log) -> dict:
-    """Run (or finish, or skip) the re-evaluation stage and write its files."""
+def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, log) -> dict:
+    """Run (or finish, or skip) the re-evaluation stage and write its files. ``space`` and
+    ``worker_loop`` are the task's (the elites' vectors become candidates of that space)."""
     from search.background import every
     from search.driver import Scaling, train_job
     from search.progress import ReportFile, pack_line, report_printer
-    from search.tasks import get_task
-    from trainers.pu_pack import REEVALUATION_STREAM
-
     path = folder / REEVALUATION_FILE
     if path.exists():
         return read_json(path, "re-evaluation record")
-    task = get_task(opts.task)
-    space = task.space(opts.order)
     chosen = elites(folder, opts, searcher, plan)
-    o = opts.task_options
-    # Everyone trains every epoch (keep 1); the rungs only set how often it checkpoints and reports.
-    step = max(1, opts.epochs // 5)
-    stage = replace(plan, folds=o.reevaluation_folds, seeds_per_candidate=o.reevaluation_seeds, keep=1.0,
-                    rungs=list(range(step, opts.epochs, step)) + [opts.epochs], stream=REEVALUATION_STREAM)
+    stage = reevaluation_plan(plan, opts.task_options, opts.epochs)
     log(f"re-evaluating {len(chosen)} elites (controls included) on {stage.folds} fresh folds x "
         f"{stage.seeds_per_candidate} seeds, {opts.epochs} epochs")
     job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
     progress = folder / "reevaluation.progress.jsonl"
-    trainer = train_job(task.worker_loop(), {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train"),
+    trainer = train_job(worker_loop, {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train"),
                         callbacks=[ReportFile(progress)])
     with every(1.0, report_printer(progress, pack_line("re-evaluation"), log)):
         result = trainer.fit()

@@ -10,22 +10,13 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from search.evaluations import Evaluation, EvaluationLog
 from search.options import SearchOptions
 from search.reevaluation import format_reevaluation, read_reevaluation
-from trainers.errors import UsageError
-from trainers.files import read_json, write_text_atomic
+from trainers.files import write_text_atomic
 
 SPEC_FILE = "search.json"
-
-
-def load_options(folder: str | Path) -> SearchOptions:
-    path = Path(folder) / SPEC_FILE
-    if not path.is_file():
-        raise UsageError(f"{folder} is not a lossforge search (no {SPEC_FILE})")
-    return SearchOptions.from_dict(read_json(path, "search spec"))
 
 
 def leaderboard(evaluations: list[Evaluation]) -> list[Evaluation]:
@@ -44,13 +35,10 @@ def best_candidate(folder: Path, board: list[Evaluation], reevaluation: dict | N
     return None
 
 
-def write_report(folder: str | Path, plots: bool = True) -> dict:
-    """Write leaderboard.csv, best_loss.json/.txt and plots; return a summary."""
-    from search.tasks import get_task
-
+def write_report(folder: str | Path, task, opts: SearchOptions, plots: bool = True) -> dict:
+    """Write leaderboard.csv, best_loss.json/.txt and plots of the search ``opts`` of ``task``
+    (a :class:`search.tasks.Task`) in ``folder``; return a summary."""
     folder = Path(folder)
-    opts = load_options(folder)
-    task = get_task(opts.task)
     space = task.space(opts.order)
     evaluations = EvaluationLog(folder).evaluations()
     board = leaderboard(evaluations)
@@ -123,67 +111,6 @@ def _plot_progress(evaluations: list[Evaluation], opts: SearchOptions, path: Pat
     ax.set_xlabel("evaluation")
     ax.set_ylabel(f"fitness ({getattr(opts.task_options, 'fitness', '')})")
     ax.set_title(f"search {opts.name} ({opts.optimizer})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_taylor_slices(best, path: Path) -> None:
-    """One panel per variable: each player's loss along its own variables, the others at 0.5.
-
-    PAN is drawn exactly (shifted to 0 at the slice's centre) and as its Taylor point of the
-    same order, since the family holds only the latter.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trainers.losses.pu import pan_probability_losses
-    from trainers.losses.seeds import taylor_point
-    from trainers.losses.taylor import VARIABLES
-
-    pan_taylor = taylor_point("pan", best.order)
-    grid = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-    for i, (ax, var) in enumerate(zip(axes, VARIABLES)):
-        player = 0 if i < 2 else 1
-        values = [torch.full_like(grid, 0.5) for _ in range(4)]
-        values[i] = grid
-        base = [torch.full((1,), 0.5, dtype=torch.float64)] * 4
-        for label, loss in (("best", best), ("PAN (Taylor)", pan_taylor)):
-            curve = [loss(*(v[j : j + 1] for v in values))[player].item() for j in range(len(grid))]
-            ax.plot(grid, curve, label=label)
-        exact = pan_probability_losses(*values)[player] - pan_probability_losses(*base)[player]
-        ax.plot(grid, exact.numpy(), "--", label="PAN (exact)")
-        ax.set_xlabel(var)
-        ax.set_title(("L_D" if player == 0 else "L_C") + f" along {var}")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_preference_loss(best, path: Path) -> None:
-    """The searched pairwise loss f(s) against DPO's -log s and its Taylor point, shifted to 0 at s = 1/2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trainers.losses.preference_taylor import preference_taylor_point
-
-    s = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
-    delta = torch.log(s / (1 - s))  # s = sigmoid(delta)
-    ones = torch.ones_like(s)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, loss in (("best", best), ("DPO (Taylor)", preference_taylor_point("dpo", best.order))):
-        curve = loss(delta, ones, reduction="none") - loss(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
-        ax.plot(s, curve.numpy(), label=label)
-    ax.plot(s, (-torch.log(s) + torch.log(torch.tensor(0.5))).numpy(), "--", label="DPO (exact)")
-    ax.set_xlabel("s = sigmoid(Delta) of the preferred side")
-    ax.set_ylabel("loss (0 at s = 1/2)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -18,7 +18,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from search.evaluations import EvaluationLog
-from search.space import LossSpace, make_optimizer
+from search.space import LossSpace, make_nevergrad_optimizer
 from trainers.boundary import DIVERGED_FITNESS, PackReport
 
 
@@ -38,7 +38,7 @@ class PackSearcher(Searcher):
         super().__init__(metric="best_fitness", mode="max")
         self.space, self.budget, self.pack, self.log = space, budget, pack, log
         self.progress = progress
-        self.optimizer = make_optimizer(optimizer, space, budget, num_workers, seed)
+        self.optimizer = make_nevergrad_optimizer(optimizer, space, budget, num_workers, seed)
         self._candidates: dict[int, object] = {}  # id -> nevergrad candidate (for tell)
         self._running: dict[str, int] = {}  # trial id -> pack number
         self._pack_members: dict[int, list[int]] = {}

@@ -159,7 +159,7 @@ def check_optimizer(name: str) -> None:
         raise UsageError(f"unknown optimizer {name!r}" + (f"; did you mean {close}?" if close else ""))
 
 
-def make_optimizer(name: str, space: LossSpace, budget: int, num_workers: int, seed: int):
+def make_nevergrad_optimizer(name: str, space: LossSpace, budget: int, num_workers: int, seed: int):
     """An optimiser from Nevergrad's registry by name."""
     check_optimizer(name)
     return ng.optimizers.registry[name](parametrization=space.parametrization(seed), budget=budget, num_workers=num_workers)

@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from search.driver import Scaling
-from search.progress import ReportFile, report_printer
+from search.progress import report_printer
 from trainers.data.pairs import PreferencePairs, read_pairs, split_by_prompt
-from trainers.dpo import DPOConfig, default_pairs, save_scorer
+from trainers.dpo import DPOConfig, default_pairs, diverged, save_scorer
 from trainers.errors import UsageError
 from trainers.files import write_json
-from trainers.loop import STATE_FILE
 from trainers.metrics import preference_metrics
 
 RUN_NAME = "train-dpo"
@@ -52,12 +51,11 @@ def score(scorer_folder: str | Path, pairs: PreferencePairs) -> dict:
 def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str, scaling: Scaling = Scaling(),
                   resume: bool = False, address: str | None = None, log=print) -> dict:
     """Train (or resume) a preference classifier as a Ray Train job, save its scorer, score the test pairs."""
-    from search.background import every
-    from search.driver import RunFolder, start_ray, start_run, train_job
+    from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
     from trainers.loop import dpo_worker_loop
 
     started = time.perf_counter()
-    folder = RunFolder(Path(out).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
+    folder = RunFolder(local_run_folder(out, "--out"), SPEC_FILE, "the same command with --resume")
     spec = None if resume else {"dpo": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
                                 "scaling": asdict(scaling)}
     spec, (train_pairs, test_pairs) = start_run(folder, resume, spec, _dpo_inputs(address))
@@ -66,16 +64,11 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     used = len(train_pairs) if cfg.max_pairs is None else min(cfg.max_pairs, len(train_pairs))
     log(f"train-dpo: {used} of {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
         f"{scaling.workers} worker(s) -> {folder.path}")
-    trainer = train_job(dpo_worker_loop, {"dpo": cfg, "train": spec["train"]}, scaling, RUN_NAME,
-                        str(folder.path / "ray"), keep=1, callbacks=[ReportFile(folder.path / PROGRESS_FILE)])
-    with every(0.5, _progress_printer(folder.path / PROGRESS_FILE, cfg.epochs, log)):
-        result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as checkpoint:
-        state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
-    if state["best_state"] is None:
-        raise RuntimeError("training diverged in every epoch: no scorer to save (try a lower --lr)")
+    progress = folder.path / PROGRESS_FILE
+    state = run_single_job(dpo_worker_loop, {"dpo": cfg, "train": spec["train"]}, scaling, folder.path, RUN_NAME,
+                           progress, _progress_printer(progress, cfg.epochs, log))
+    if diverged(state["best_state"], state["history"]):
+        raise RuntimeError("training diverged (a non-finite loss or validation): no scorer to save (try a lower --lr)")
     save_scorer(folder.path / "scorer", cfg, state["best_state"], cfg.loss)
     metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": scaling.workers,
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),

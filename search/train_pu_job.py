@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 
 from search.driver import Scaling
-from search.progress import ReportFile, last_report, report_printer
+from search.progress import last_report, report_printer
 from search.train_job import _absolute
 from trainers.boundary import PUTrainJob
 from trainers.config import PUConfig
 from trainers.errors import DataError, UsageError
 from trainers.files import write_json
-from trainers.loop import STATE_FILE
 
 RUN_NAME = "train-pu"
 SPEC_FILE = "run.json"
@@ -43,9 +42,9 @@ def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
 
     def read(spec: dict):
         from search.driver import check_output_file, check_output_folder
-        from trainers.data.pu import check_counts, pu_labels
+        from trainers.data.pu import PUData
         from trainers.data.shards import LABEL, LABELLED, EmbeddingTable, open_shards, read_labels, read_table
-        from trainers.pu import NEEDS_PRIOR, resolve_loss
+        from trainers.pu import prior_for, resolve_loss
 
         import numpy as np
 
@@ -72,9 +71,7 @@ def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
         labels = read_labels(shards)
         whole = EmbeddingTable(np.empty((shards.rows, 0), np.float32), labels.get(LABEL), labels.get(LABELLED),
                                spec["train"])
-        check_counts(whole, pu_labels(whole, cfg.labelled_frac, cfg.seed))
-        if loss in NEEDS_PRIOR and cfg.prior is None and whole.label is None:
-            raise UsageError(f"{loss} needs the class prior: pass --prior (no truth 'label' to take it from)")
+        prior_for(loss if isinstance(loss, str) else "taylor", cfg, PUData.from_table(whole, cfg.labelled_frac, cfg.seed))
         test = read_table(spec["test"], need="label") if spec["test"] else None
         return loss, shards.rows, test
 
@@ -85,12 +82,11 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
                      scaling: Scaling = Scaling(), resume: bool = False, address: str | None = None,
                      out: str | None = None, overwrite: bool = False, log=print) -> dict:
     """Train (or resume) one classifier as a Ray Train job; save it; score the test set once."""
-    from search.background import every
-    from search.driver import RunFolder, start_ray, start_run, train_job
+    from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
     from trainers.loop import pu_worker_loop
 
     started = time.perf_counter()
-    folder = RunFolder(Path(run_dir).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
+    folder = RunFolder(local_run_folder(run_dir, "--run-dir"), SPEC_FILE, "the same command with --resume")
     fresh = not resume and not folder.path.exists()
     spec = None if resume else {"pu": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
                                 "save": save if save is None else _absolute(save), "out": out, "scaling": asdict(scaling)}
@@ -101,26 +97,23 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
         f"share -> {folder.path}")
     job = PUTrainJob(spec["train"], cfg, loss if isinstance(loss, str) else loss.to_dict())
     progress = folder.path / PROGRESS_FILE
-    trainer = train_job(pu_worker_loop, {"job": job}, scaling, RUN_NAME, str(folder.path / "ray"), keep=1,
-                        callbacks=[ReportFile(progress)])
-    with every(0.5, _progress_printer(progress, cfg.epochs, log)):
-        result = trainer.fit()
-    last = last_report(progress)
-    if last.get("data_error"):
-        if fresh:
-            shutil.rmtree(folder.path, ignore_errors=True)  # nothing written, as for any bad input
-        where, _, message = last["data_error"].partition(": ")
-        raise DataError(where, message)  # the worker's one line, as it said it
-    if result.checkpoint is None:
-        raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as checkpoint:
-        state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
-    return _finish(folder.path, spec, cfg, loss, state, last, test_table, started, log)
+
+    def raise_data_error() -> None:
+        if error := last_report(progress).get("data_error"):
+            if fresh:
+                shutil.rmtree(folder.path, ignore_errors=True)  # nothing written, as for any bad input
+            where, _, message = error.partition(": ")
+            raise DataError(where, message)  # the worker's one line, as it said it
+
+    state = run_single_job(pu_worker_loop, {"job": job}, scaling, folder.path, RUN_NAME, progress,
+                           _progress_printer(progress, cfg.epochs, log), after_fit=raise_data_error)
+    return _finish(folder.path, spec, cfg, loss, state, last_report(progress), test_table, started, log)
 
 
 def _finish(path: Path, spec: dict, cfg: PUConfig, loss, state: dict, last: dict, test_table, started: float, log) -> dict:
     from trainers.classifier import PUClassifier
     from trainers.metrics import classification_metrics
+    from trainers.pu import classifier_meta, finalise
 
     final = state["final"]
     metrics = {"status": final["status"], "loss": cfg.loss, "fitness": cfg.fitness, "val_fitness": final["val_fitness"],
@@ -129,18 +122,12 @@ def _finish(path: Path, spec: dict, cfg: PUConfig, loss, state: dict, last: dict
                "workers": last.get("workers", []), "history": state.get("history", []),
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state.get("history", [])),
                **{k: last.get(k) for k in ("n_rows", "n_train_unlabelled", "n_train_positive", "n_val")}}
+    classifier = None
     if final["status"] == "ok":
-        from trainers.pu import loss_label
-
-        meta = {"loss": loss_label(loss), "loss_spec": loss if isinstance(loss, str) else loss.to_dict(),
-                "config": asdict(cfg), "fitness": cfg.fitness, "val_fitness": final["val_fitness"],
-                "train": spec["train"], "n_train": last.get("n_rows"), "epoch_used": final["epoch_used"],
-                "workers": len(metrics["workers"])}
+        meta = classifier_meta(loss, cfg, val_fitness=final["val_fitness"], train=spec["train"],
+                               n_train=last.get("n_rows"), epoch_used=final["epoch_used"], workers=len(metrics["workers"]))
         classifier = PUClassifier.from_selector_state(state["population"]["selector"], 0, final["threshold_logit"], meta)
         metrics["threshold"] = classifier.threshold
-        if spec["save"]:
-            classifier.save(spec["save"])
-            log(f"saved the classifier to {spec['save']}")
         if test_table is not None:
             scores = classifier.logits(test_table.x)
             metrics.update({f"test_{k}": v for k, v in classification_metrics(scores, test_table.label,
@@ -148,8 +135,7 @@ def _finish(path: Path, spec: dict, cfg: PUConfig, loss, state: dict, last: dict
             log("test  " + "  ".join(f"{k} {metrics['test_' + k]:.4f}" for k in ("f1", "auc", "accuracy")))
     metrics["seconds"] = time.perf_counter() - started
     write_json(path / "metrics.json", metrics)
-    if spec["out"]:
-        write_json(spec["out"], metrics)
+    finalise(metrics, classifier, spec["save"], spec["out"], log)
     log(f"validation {cfg.fitness} {final['val_fitness']:.4f}; metrics in {path / 'metrics.json'}")
     return metrics
 

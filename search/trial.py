@@ -7,33 +7,26 @@ so a pack re-dispatched after a crash resumes from its newest checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Callable
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from search.driver import Scaling, train_job
-from search.tasks import get_task
 from trainers.boundary import PackJob
 
 
 @dataclass
 class TrialSetup:
-    """What every trial of a search shares: the task, its plan, resources and where Train runs live."""
+    """What every trial of a search shares: the task's space (vectors -> candidates), its worker
+    loop and plan, resources, and where Train runs live."""
 
-    task: str
-    order: int
+    space: object  # a search.space.LossSpace
+    worker_loop: Callable[[dict], None]
     plan: object  # the task's plan dataclass (PUPackPlan, DPOPackPlan)
     scaling: Scaling
     train_storage: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrialSetup":
-        plan = get_task(d["task"]).plan_from_dict(d["plan"])
-        return cls(d["task"], d["order"], plan, Scaling(**d["scaling"]), d["train_storage"])
 
 
 def train_run_name(pack: int) -> str:
@@ -42,10 +35,9 @@ def train_run_name(pack: int) -> str:
 
 def pack_trial(config: dict, setup: TrialSetup) -> None:
     """Tune function trainable. ``config`` comes from the searcher, ``setup`` is the same for every trial."""
-    task = get_task(setup.task)
-    space = task.space(setup.order)
+    space = setup.space
     job = PackJob(config["pack"], [{"id": c["id"], **space.candidate(c["vector"])} for c in config["candidates"]], setup.plan)
-    trainer = train_job(task.worker_loop(), {"job": job}, setup.scaling, train_run_name(job.pack), setup.train_storage,
+    trainer = train_job(setup.worker_loop, {"job": job}, setup.scaling, train_run_name(job.pack), setup.train_storage,
                         callbacks=[TuneReportCallback()])
     trainer.fit()
 

@@ -1,4 +1,5 @@
-"""The search driver: a short generic orchestrator over a :class:`search.tasks.Task`.
+"""The search driver: a short generic orchestrator over a :class:`search.tasks.Task` (passed in,
+never looked up here).
 
 Layout of a results folder ``<storage>/<name>/``:
   search.json         the options the search was started with (resume reads them back)
@@ -11,29 +12,40 @@ Layout of a results folder ``<storage>/<name>/``:
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 
 from search.driver import RAY_ENV, RunFolder, Scaling, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
 from search.evaluations import EvaluationLog
-from search.options import SearchOptions, check_name
+from search.options import SearchOptions, check_name, with_task_defaults
 from trainers.data.storage import normalise
 from search.report import SPEC_FILE, format_leaderboard, write_report
-from search.tasks import TaskInputs, auto_pack, get_task, with_task_defaults
+from trainers.files import write_json
+
+FINAL_REPORT = "final_report.json"
 
 
-def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, TaskInputs]:
+def auto_pack(task, opts: SearchOptions, concurrency: int) -> int:
+    """--pack auto: spread the budget over one round of concurrent trials, within the task's cap.
+
+    Each Train job costs ~10-15 s to start whatever its size, so the fewer and fuller the packs,
+    the more of each trial is training; one round of ``concurrency`` packs keeps every slot busy.
+    """
+    return max(1, min(task.pack_cap(opts), math.ceil(opts.budget / concurrency)))
+
+
+def prepare_search(task, opts: SearchOptions, resume: bool):
     """Validate, read the data, check the log -- then (new searches) write search.json. Raises
-    on any bad input before anything is written or Ray starts."""
+    on any bad input before anything is written or Ray starts. Returns the options with the
+    task's defaults and what ``task.read_inputs`` read. A resumed search's ``opts`` are the ones
+    it was started with (``search.tasks.load_search``)."""
     check_name(opts.name)
-    if resume:
-        concurrency = opts.concurrency
-        opts = SearchOptions.from_dict(RunFolder(opts.folder(), SPEC_FILE, "").load_spec())
-        opts.concurrency = concurrency if concurrency is not None else opts.concurrency
+    if task.name != opts.task:
+        raise ValueError(f"options of --task {opts.task} given to the {task.name} task")
     folder = RunFolder(opts.folder(), SPEC_FILE, f"`lossforge resume {opts.name}` (or --resume)")
 
-    def read_inputs(spec: dict) -> TaskInputs:
-        task = get_task(opts.task)
+    def read_inputs(spec: dict):
         task.validate(opts)
         space = task.space(opts.order)  # raises on a bad order
         from search.space import check_optimizer
@@ -46,7 +58,7 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
         return task.read_inputs(opts)
 
     opts.validate_common()
-    opts = with_task_defaults(opts)
+    opts = with_task_defaults(task, opts)
     if not resume:
         opts = replace(opts, train=[normalise(p) for p in opts.train], test=[normalise(p) for p in opts.test])
     _, inputs = start_run(folder, resume, opts.to_dict(), read_inputs)
@@ -67,30 +79,32 @@ def default_concurrency(opts: SearchOptions) -> int:
     return max(1, min(limits) if limits else 1)
 
 
-def run_search(opts: SearchOptions, resume: bool = False, address: str | None = None, log=print,
+def run_search(task, opts: SearchOptions, resume: bool = False, address: str | None = None, log=print,
                searcher_class=None) -> dict:
-    """Run (or resume) a search to its budget, then re-evaluate (PU), report and score once on
-    test. ``searcher_class`` lets a caller substitute a :class:`PackSearcher` subclass (tests use
-    it to inject a NaN candidate)."""
+    """Run (or resume) a search of ``task`` (a :class:`search.tasks.Task`) to its budget, then
+    re-evaluate (PU), report and score once on test. ``searcher_class`` lets a caller substitute
+    a :class:`PackSearcher` subclass (tests use it to inject a NaN candidate)."""
     started = time.perf_counter()
     if opts.name is None and not resume:
         opts = replace(opts, name=time.strftime("search-%Y%m%d-%H%M%S"))
-    opts, inputs = prepare_search(opts, resume)
-    folder, task = opts.folder(), get_task(opts.task)
+    opts, inputs = prepare_search(task, opts, resume)
+    folder = opts.folder()
     evaluation_log = EvaluationLog(folder)
     if dropped := evaluation_log.repair():
         log(f"the evaluation log ended in a torn line ({dropped} bytes, kept in {evaluation_log.path.name}.torn-*): "
             "cut off; its pack will report again")
     start_ray(address)
     concurrency = opts.concurrency or default_concurrency(opts)
-    pack = opts.pack or auto_pack(opts, concurrency)
+    pack = opts.pack or auto_pack(task, opts, concurrency)
     plan = task.plan(opts, inputs)
     searcher = _searcher(opts, task, inputs, evaluation_log, pack, concurrency, log, searcher_class)
     tuning_seconds = run_trials(opts, task, plan, searcher, pack, concurrency, log)
     task.after_search(folder, opts, plan, searcher, log)
-    summary = write_report(folder)
+    summary = write_report(folder, task, opts)
     log(format_leaderboard(summary))
     summary["final"] = task.final_report(folder, opts, log) if summary["best"] else None
+    if summary["final"]:
+        write_json(folder / FINAL_REPORT, summary["final"])
     summary.update(seconds=time.perf_counter() - started, tuning_seconds=tuning_seconds,
                    concurrency=concurrency, pack=pack, folder=str(folder))
     return summary
@@ -100,9 +114,7 @@ def _searcher(opts, task, inputs, evaluation_log, pack, concurrency, log, search
     from search.searcher import PackSearcher
 
     space = task.space(opts.order)
-    known = [p for p in inputs.priors if p is not None]
-    prior = sum(known) / len(known) if known else 0.5
-    seeds = [(n, space.seed_point(n, prior=prior)) for n in opts.seed_losses]
+    seeds = task.seed_vectors(opts, inputs)
     return (searcher_class or PackSearcher)(space, opts.optimizer, opts.budget, pack, pack * concurrency, opts.seed,
                                             evaluation_log, seed_vectors=seeds, progress=log)
 
@@ -122,7 +134,7 @@ def run_trials(opts: SearchOptions, task, plan, searcher, pack: int, concurrency
     if not packs:
         return 0.0
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
-    setup = TrialSetup(opts.task, opts.order, plan, scaling, str(folder / "train"))
+    setup = TrialSetup(task.space(opts.order), task.worker_loop(), plan, scaling, str(folder / "train"))
     attempt = 1 + sum(1 for p in folder.glob("tune-*") if p.is_dir())
     started = time.perf_counter()
     tune.Tuner(

@@ -46,13 +46,43 @@ def _kill_until_gone(find, timeout: float) -> None:
         time.sleep(0.3)
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def files_growth(*roots: Path):
+    """A progress signal for :func:`wait_for`: (files, bytes) under ``roots`` (files or folders),
+    which changes while a run advances (logs, checkpoints, evaluation log)."""
+
+    def measure() -> tuple[int, int]:
+        count = size = 0
+        for root in map(Path, roots):
+            for path in [root] if root.is_file() else root.rglob("*") if root.is_dir() else []:
+                try:
+                    if path.is_file():
+                        count, size = count + 1, size + path.stat().st_size
+                except OSError:  # removed while we looked
+                    pass
+        return count, size
+
+    return measure
+
+
+def wait_for(predicate, timeout: float, what: str, progress=None) -> None:
+    """Wait until ``predicate()``. With ``progress`` (e.g. :func:`files_growth`), ``timeout`` is how
+    long the work may go *without progress*: the deadline moves each time ``progress()`` changes,
+    so a slower or busier machine gets the time it needs while a stuck run still fails."""
+    last = progress() if progress else None
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
+    while not predicate():
+        if progress is not None and (now := progress()) != last:
+            last, deadline = now, time.time() + timeout
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f" (no progress in {timeout:.0f} s)" if progress else ""))
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_exit(proc: subprocess.Popen, idle: float, progress) -> int:
+    """``proc``'s exit code, waiting as long as ``progress()`` keeps changing (fails after ``idle``
+    seconds without any)."""
+    wait_for(lambda: proc.poll() is not None, idle, f"pid {proc.pid} to finish", progress)
+    return proc.returncode
 
 
 def lossforge(*args: str, cwd: Path, log: Path) -> subprocess.Popen:

@@ -325,6 +325,11 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("resume a search.json that is a list", ["resume", "listspec", *S], ["search.json", "not an object"]),
         ("report a search that never ran", ["report", "never", *S], ["never", "search.json"]),
         ("report ../escape", ["report", "../escape", *S], ["--name"]),
+        # a run folder is appended to in place: a URI is refused before any work, not written to ./s3:/
+        ("search --storage a URI", ["search", "--name", "x", "--storage", "s3://bucket/results"], ["--storage", "URI"]),
+        ("train-dpo --out a URI", ["train-dpo", "--out", "s3://bucket/run"], ["--out", "s3://bucket/run"]),
+        ("train-pu --workers --run-dir a URI", ["train-pu", "--train", D, "--workers", "1", "--run-dir", "s3://bucket/run"],
+         ["--run-dir", "s3://bucket/run"]),
         # train-dpo
         ("train-dpo labels outside [0, 1]", ["train-dpo", "--train", "{W}/pairs/label3.jsonl", "--out", "{W}/out/d1"],
          ["label3.jsonl", "'label'"]),
@@ -480,3 +485,20 @@ def test_all_positive_truth_warns_in_one_line(world, capsys):
     main(["train-pu", "--train", str(world["root"] / "data" / "allpos.parquet"), "--epochs", "1"])
     err = capsys.readouterr().err
     assert "lossforge: warning:" in err and "allpos.parquet" in err and "every row is positive" in err
+
+
+def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tmp_path, monkeypatch):
+    """Only errors raised for bad input exit 2: a FileNotFoundError from inside a command (a lost
+    checkpoint, a bug) escapes main() with its traceback (exit 1 from the entry point)."""
+    import search.report
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "search.json").write_text(json.dumps(SearchOptions(name="s", storage=str(tmp_path)).to_dict()))
+
+    def lost_file(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(folder / "train" / "checkpoint.pt"))
+
+    monkeypatch.setattr(search.report, "write_report", lost_file)
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        main(["report", "s", "--storage", str(tmp_path)])

@@ -1,6 +1,6 @@
 """The benchmarks stay runnable and say what they claim: every script imports, proxy_validity picks
 only what a search could pick, and the optimiser comparison runs end to end at a tiny size (its
-full size is an hour's measurement, see the README)."""
+full size is an hour's measurement, see benchmarks/RESULTS.md)."""
 import importlib.util
 import json
 import math

@@ -180,7 +180,7 @@ def test_security_problems_none_on_the_real_file(cfg, text):
     assert security_problems(cfg, text) == []
 
 
-def test_shape(cfg):
+def test_cluster_is_aws_us_west_2_with_up_to_8_g5_gpu_workers(cfg):
     assert cfg["cluster_name"] == "lossforge"
     assert cfg["provider"]["type"] == "aws"
     assert cfg["provider"]["region"] == "us-west-2"

@@ -22,7 +22,7 @@ LOG_SIG_1 = math.log(1 / (1 + math.exp(-1)))  # log sigmoid(1)
 LOG_SIG_M1 = math.log(1 / (1 + math.exp(1)))  # log sigmoid(-1)
 
 
-def test_hand_values():
+def test_preference_losses_match_values_computed_by_hand():
     assert dpo_loss(T(1.0), T(1.0)).item() == pytest.approx(-LOG_SIG_1)
     assert dpo_loss(T(1.0), T(0.0)).item() == pytest.approx(-LOG_SIG_M1)
     assert dpo_loss(T(0.0), T(1.0)).item() == pytest.approx(math.log(2))

@@ -5,10 +5,12 @@ import os
 import signal
 
 import pytest
-from raycluster import kill_session, lossforge, wait_for
+from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
 from search.evaluations import EvaluationLog
-from search.options import PreferenceSearchOptions, SearchOptions
+from search.options import SearchOptions
+from search.tasks import TASKS
+from search.tasks.preference import PreferenceSearchOptions
 from search.tuner import run_search
 from trainers.losses.preference_taylor import PreferenceTaylorLoss
 from trainers.scorer import PreferenceScorer
@@ -23,7 +25,8 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
     try:
         # Train records a checkpoint in its snapshot once the copy is complete: kill after that.
         snapshot = out / "ray" / "train-dpo" / "checkpoint_manager_snapshot.json"
-        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "the first checkpoint")
+        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "the first checkpoint",
+                 files_growth(out, tmp_path / "run1.log"))
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
     finally:
@@ -32,10 +35,10 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
 
     # The same command again is refused (nothing lost); --resume continues.
     again = lossforge(*args, cwd=tmp_path, log=tmp_path / "again.log")
-    assert again.wait(120) == 2 and "--resume" in (tmp_path / "again.log").read_text()
+    assert wait_exit(again, 120, files_growth(tmp_path / "again.log")) == 2 and "--resume" in (tmp_path / "again.log").read_text()
     resumed = lossforge("train-dpo", "--out", str(out), "--resume", cwd=tmp_path, log=tmp_path / "run2.log")
     try:
-        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(resumed, 240, files_growth(out, tmp_path / "run2.log")) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -50,15 +53,17 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
 
 
 
-def test_search_task_dpo_evolves_preference_losses(tmp_path, local_ray):
+def test_dpo_search_tells_every_candidate_exports_the_best_and_scores_it_on_test_once(tmp_path, local_ray):
     lines = []
     opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
                          seed_losses=["dpo", "sigmoid"], task_options=PreferenceSearchOptions(max_pairs=400))
-    summary = run_search(opts, log=lines.append)
+    summary = run_search(TASKS["dpo"], opts, log=lines.append)
     folder = tmp_path / "d"
     told = EvaluationLog(folder).told()
     assert sorted(e.id for e in told) == [0, 1, 2, 3]
     assert [e.source for e in sorted(told, key=lambda e: e.id)][:2] == ["seed:dpo", "seed:sigmoid"]
+    seeds = [e.vector for e in told if e.source.startswith("seed:")]
+    assert all(e.vector not in seeds for e in told if not e.source.startswith("seed:"))  # the optimiser's own points
     assert all(e.status == "ok" and 0.0 <= e.fitness <= 1.0 for e in told)
     assert any("candidate 2/2" in line for line in lines)
     best = PreferenceTaylorLoss.load(folder / "best_loss.json")

@@ -156,10 +156,37 @@ def test_tiny_model_learns_the_default_task_above_chance(mode, loss):
     assert result["test"]["pairs"] == 1000 and "brier" in result["test"]
 
 
-def test_every_loss_trains_without_error():
-    for loss in ("soft", "robust", "ipo", "hinge"):
+def test_every_loss_trains_one_epoch_to_a_finite_loss_and_agreement():
+    from trainers.losses.preference import PREFERENCE_LOSSES
+
+    assert {"dpo", "bt"} <= set(PREFERENCE_LOSSES)
+    for loss in PREFERENCE_LOSSES:
         result = train_dpo(DPOConfig(loss=loss, epochs=1, max_pairs=300), test=None)
         assert result["status"] == "ok" and np.isfinite(result["history"][0]["train_loss"]), loss
+        assert np.isfinite(result["val_agreement"]), loss
+
+
+def test_a_run_that_goes_non_finite_after_a_good_epoch_is_diverged_as_in_a_search_pack():
+    """One definition of "diverged": train_dpo does not call a run ok because an earlier epoch
+    was good (a search pack scores the same run -1000)."""
+    from search.space import PreferenceTaylorSpace
+    from trainers.dpo import diverged, taylor_pair_loss
+
+    space = PreferenceTaylorSpace(order=2)
+    candidate = space.candidate(space.seed_point("dpo"))
+    base, broken = taylor_pair_loss(candidate["coefficients"], candidate["center"]), [False]
+
+    def loss(delta, p):
+        value = base(delta, p)
+        return value * float("nan") if broken[0] else value
+
+    def log(message):
+        broken[0] = broken[0] or message.startswith("epoch 1/")
+
+    result = train_dpo(DPOConfig(epochs=3, max_pairs=300), test=None, loss=loss, log=log)
+    assert result["history"][0]["status"] == "ok" and not np.isfinite(result["history"][1]["train_loss"])
+    assert result["status"] == "diverged" and len(result["history"]) == 2
+    assert diverged({"w": 0}, result["history"]) and not diverged({"w": 0}, result["history"][:1])
 
 
 # -- serving ------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_bad_model_and_existing_output(tmp_path, tiny_model):
     assert len(embed_file(src, empty, model_dir=tiny_model)) == 1
 
 
-def test_cli(tmp_path, tiny_model, capsys):
+def test_embed_cli_writes_labelled_shards_and_refuses_a_missing_text_column(tmp_path, tiny_model, capsys):
     src = tmp_path / "in.jsonl"
     _write(src, {"text": _texts(5), "label": [1, 0, 1, 0, 1]})
     out = tmp_path / "out"

@@ -11,7 +11,9 @@ import pytest
 
 from search.cli import build_parser, main
 from search.evaluations import EvaluationLog
-from search.options import PUSearchOptions, SearchOptions
+from search.options import SearchOptions
+from search.tasks import TASKS, task_options_classes
+from search.tasks.pu import PUSearchOptions
 from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackReport
 from trainers.errors import UsageError
 
@@ -32,28 +34,30 @@ def test_submit_passes_every_search_option_through():
     args = build_parser().parse_args(["submit", "--name", "s", "--budget", "100", "--gpus-per-worker", "0.25",
                                       "--seed-losses", "pan,nnpu", "--order", "3", "--train", "/data/a",
                                       "--train", "/data/b", "--folds", "3", "--controls", "pan", "--rungs", "none"])
-    opts = options_from_args(args)
+    opts = options_from_args(args, task_options_classes())
     assert opts.train == ["/data/a", "/data/b"] and opts.task_options.folds == 3 and opts.task_options.rungs == []
-    again = options_from_args(build_parser().parse_args(["search", *search_argv(opts)]))
+    again = options_from_args(build_parser().parse_args(["search", *search_argv(opts)]), task_options_classes())
     assert again == opts
     assert opts.storage == "~/lossforge_results"  # a job's working directory is temporary
     with pytest.raises(UsageError, match="--mode is an option of --task dpo"):
-        options_from_args(build_parser().parse_args(["search", "--mode", "causal"]))
+        options_from_args(build_parser().parse_args(["search", "--mode", "causal"]), task_options_classes())
 
 
 def test_pack_auto_spreads_the_budget_over_one_round_within_caps():
     from search.options import options_from_args
-    from search.tasks import auto_pack
+    from search.tuner import auto_pack
 
-    assert auto_pack(SearchOptions(budget=32), concurrency=2) == 16
-    assert auto_pack(SearchOptions(budget=5), concurrency=2) == 3
-    assert auto_pack(SearchOptions(budget=5000), concurrency=2) == 64  # CPU cap: 128 members, 2 folds each
-    assert auto_pack(SearchOptions(budget=5000, task_options=PUSearchOptions(seeds_per_candidate=4)), concurrency=2) == 16
-    assert auto_pack(SearchOptions(budget=5000, gpus_per_worker=0.25), concurrency=4) == 256
-    assert auto_pack(SearchOptions(task="dpo", budget=5000), concurrency=1) == 16
+    pu, dpo = TASKS["pu"], TASKS["dpo"]
+
+    assert auto_pack(pu, SearchOptions(budget=32, task_options=PUSearchOptions()), concurrency=2) == 16
+    assert auto_pack(pu, SearchOptions(budget=5, task_options=PUSearchOptions()), concurrency=2) == 3
+    assert auto_pack(pu, SearchOptions(budget=5000, task_options=PUSearchOptions()), concurrency=2) == 64  # CPU cap: 128 members, 2 folds each
+    assert auto_pack(pu, SearchOptions(budget=5000, task_options=PUSearchOptions(seeds_per_candidate=4)), concurrency=2) == 16
+    assert auto_pack(pu, SearchOptions(budget=5000, gpus_per_worker=0.25, task_options=PUSearchOptions()), concurrency=4) == 256
+    assert auto_pack(dpo, SearchOptions(task="dpo", budget=5000), concurrency=1) == 16
     args = build_parser().parse_args(["search", "--pack", "auto"])
-    assert options_from_args(args).pack is None
-    assert options_from_args(build_parser().parse_args(["search", "--pack", "12"])).pack == 12
+    assert options_from_args(args, task_options_classes()).pack is None
+    assert options_from_args(build_parser().parse_args(["search", "--pack", "12"]), task_options_classes()).pack == 12
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "--pack", "many"])
 
@@ -70,14 +74,21 @@ def test_building_the_parser_imports_neither_torch_ray_nor_nevergrad():
     assert (time.perf_counter() - started) / 3 < 1.5  # the interpreter's start included
 
 
-def test_flags_come_from_the_config_dataclasses():
+def test_every_field_of_every_config_dataclass_is_a_flag_of_its_commands():
+    import argparse
     from dataclasses import fields
 
-    from trainers.config import PUConfig
+    from trainers.config import DPOConfig, PUConfig
 
-    help_text = build_parser().parse_args(["train-pu"]).__dict__
-    for f in fields(PUConfig):
-        assert (f.name in help_text) == f.metadata.get("cli", True), f.name
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    search = [SearchOptions, *task_options_classes().values()]
+    owners = {"train-pu": [PUConfig], "train-dpo": [DPOConfig], "search": search, "submit": search}
+    for command, classes in owners.items():
+        flags = {a.dest for a in commands[command]._actions}
+        for cls in classes:
+            for f in fields(cls):
+                assert (f.name in flags) == f.metadata.get("cli", True), (command, cls.__name__, f.name)
     args = build_parser().parse_args(["train-pu", "--lr", "0.01", "--hidden", "64"])
     assert (args.lr, args.hidden, args.epochs) == (0.01, 64, PUConfig().epochs)
 

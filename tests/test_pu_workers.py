@@ -34,3 +34,16 @@ def test_float16_pool_trains_in_sync_and_resume_finishes_from_the_checkpoint(tmp
     assert main(["train-pu", "--run-dir", str(tmp_path / "run"), "--resume"]) == 0
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert again["val_fitness"] == metrics["val_fitness"] and again["threshold_logit"] == metrics["threshold_logit"]
+
+
+def test_a_fitness_that_needs_the_prior_gets_it_on_workers_as_in_process(tmp_path, local_ray):
+    """train-pu --workers 2 --fitness pu_f1 --prior 0.3: the workers follow the one prior rule."""
+    pool = write_pool(tmp_path / "pool")
+    common = ["train-pu", "--train", str(pool), "--fitness", "pu_f1", "--prior", "0.3", "--epochs", "1",
+              "--hidden", "32", "--labelled-frac", "0.3"]
+    assert main([*common, "--out", str(tmp_path / "in_process.json")]) == 0
+    assert main([*common, "--workers", "2", "--cpus-per-worker", "0.5", "--run-dir", str(tmp_path / "run")]) == 0
+    in_process = json.loads((tmp_path / "in_process.json").read_text())
+    on_workers = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert in_process["prior_used"] == on_workers["prior_used"] == 0.3
+    assert on_workers["status"] == "ok" and on_workers["fitness"] == "pu_f1"

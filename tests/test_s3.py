@@ -91,6 +91,17 @@ def test_train_save_and_predict_to_the_bucket(pool, s3, tmp_path, capsys):
     assert "bucket not found" in capsys.readouterr().err
 
 
+def test_train_pu_out_to_a_uri_lands_in_the_bucket_not_in_a_local_folder(pool, s3, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = f"s3://{BUCKET}/results/{tmp_path.name}.json"
+    assert main(["train-pu", "--train", pool, "--epochs", "1", "--hidden", "16", "--out", out]) == 0
+    body = s3.get_object(Bucket=BUCKET, Key=f"results/{tmp_path.name}.json")["Body"].read()
+    assert json.loads(body)["status"] == "ok"
+    assert not (tmp_path / "s3:").exists()  # the old writer made ./s3:/bucket/... here
+    assert main(["train-pu", "--train", pool, "--epochs", "1", "--hidden", "16", "--out", out]) == 2  # exists: refused
+    assert "--overwrite" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_search_on_a_sample_then_train_on_everything_then_predict_all_from_the_bucket(pool, s3, tmp_path, capsys):
     """The issue's whole flow from s3://: a search on a stratified sample, the found loss trained

@@ -11,8 +11,10 @@ from trainers.errors import UsageError
 
 from search.cli import main
 from search.evaluations import EvaluationLog
-from search.options import PUSearchOptions, SearchOptions
+from search.options import SearchOptions
 from search.searcher import PackSearcher
+from search.tasks import TASKS, load_search
+from search.tasks.pu import PUSearchOptions
 from search.tuner import run_search
 from trainers.boundary import DIVERGED_FITNESS
 from trainers.losses.taylor import TaylorLoss
@@ -24,11 +26,11 @@ pytestmark = pytest.mark.slow
 
 
 
-def test_search_end_to_end(tmp_path, local_ray, capsys):
+def test_search_evaluates_exactly_the_budget_reevaluates_the_elites_and_exports_the_winner(tmp_path, local_ray, capsys):
     lines = []
     opts = SearchOptions(name="e2e", storage=str(tmp_path), budget=6, pack=3, epochs=2, concurrency=1,
                          seed_losses=["pan", "naive"], task_options=SMALL_PU)
-    summary = run_search(opts, log=lines.append)
+    summary = run_search(TASKS["pu"], opts, log=lines.append)
     folder = tmp_path / "e2e"
     # Every pack gave its CPUs back (a Train run killed mid-shutdown leaks its placement group).
     deadline = time.time() + 20
@@ -79,12 +81,12 @@ def test_search_end_to_end(tmp_path, local_ray, capsys):
     # an existing name is refused, nothing overwritten
     before = (folder / "evaluations.jsonl").read_bytes()
     with pytest.raises(UsageError, match="already holds a run"):
-        run_search(SearchOptions(name="e2e", storage=str(tmp_path), budget=2))
+        run_search(TASKS["pu"], SearchOptions(name="e2e", storage=str(tmp_path), budget=2))
     assert main(["search", "--name", "e2e", "--storage", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (folder / "evaluations.jsonl").read_bytes() == before
     # resuming a finished search evaluates nothing more
-    run_search(SearchOptions(name="e2e", storage=str(tmp_path)), resume=True, log=lines.append)
+    run_search(*load_search(tmp_path / "e2e"), resume=True, log=lines.append)
     assert len(EvaluationLog(folder).told()) == 6 and (folder / "evaluations.jsonl").read_bytes() == before
     # report prints the leaderboard from the log
     assert main(["report", "e2e", "--storage", str(tmp_path)]) == 0
@@ -105,7 +107,7 @@ class NaNSearcher(PackSearcher):
 def test_a_nan_candidate_is_penalised_and_the_search_finishes(tmp_path, local_ray):
     opts = SearchOptions(name="nan", storage=str(tmp_path), budget=4, pack=2, epochs=2, concurrency=1, seed_losses=[],
                          task_options=PUSearchOptions(rungs=[], reevaluate=0))
-    run_search(opts, log=lambda m: None, searcher_class=NaNSearcher)
+    run_search(TASKS["pu"], opts, log=lambda m: None, searcher_class=NaNSearcher)
     told = {e.id: e for e in EvaluationLog(tmp_path / "nan").told()}
     assert sorted(told) == [0, 1, 2, 3]
     assert told[1].status == "diverged" and told[1].fitness == DIVERGED_FITNESS

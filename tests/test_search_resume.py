@@ -5,7 +5,7 @@ import signal
 import time
 
 import pytest
-from raycluster import kill_session, lossforge, wait_for
+from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
 from search.evaluations import EvaluationLog
 
@@ -20,7 +20,7 @@ def test_sigkill_then_resume_evaluates_exactly_the_budget(tmp_path):
                        "--epochs", "4", "--concurrency", "1", cwd=tmp_path, log=tmp_path / "run1.log")
     try:
         # Kill once the first pack is told and the second is dispatched (in flight).
-        wait_for(lambda: len(log.told()) >= 2 and len(log.evaluations()) >= 4, 240, "the first pack")
+        wait_for(lambda: len(log.told()) >= 2 and len(log.evaluations()) >= 4, 240, "the first pack", files_growth(tmp_path))
         time.sleep(4)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
@@ -31,7 +31,7 @@ def test_sigkill_then_resume_evaluates_exactly_the_budget(tmp_path):
 
     resumed = lossforge("resume", "k", "--storage", str(tmp_path), cwd=tmp_path, log=tmp_path / "run2.log")
     try:
-        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(resumed, 240, files_growth(tmp_path)) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
 
@@ -56,7 +56,7 @@ def test_a_torn_last_line_is_repaired_and_its_result_comes_back_on_resume(tmp_pa
             "--concurrency", "1", "--reevaluate", "0"]
     first = lossforge("search", *args, cwd=tmp_path, log=tmp_path / "run1.log")
     try:
-        assert first.wait(400) == 0, (tmp_path / "run1.log").read_text()[-3000:]
+        assert wait_exit(first, 240, files_growth(tmp_path)) == 0, (tmp_path / "run1.log").read_text()[-3000:]
     finally:
         kill_session(first.pid)
     log = EvaluationLog(tmp_path / "t")
@@ -68,7 +68,7 @@ def test_a_torn_last_line_is_repaired_and_its_result_comes_back_on_resume(tmp_pa
 
     resumed = lossforge("resume", "t", "--storage", str(tmp_path), cwd=tmp_path, log=tmp_path / "run2.log")
     try:
-        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(resumed, 240, files_growth(tmp_path)) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
     assert (tmp_path / "t" / "evaluations.jsonl.torn-1").read_bytes() == raw[:cut]
@@ -85,7 +85,7 @@ def test_sigkill_during_the_reevaluation_then_resume_finishes_it_without_evaluat
             "--concurrency", "1", "--rungs", "1", "--reevaluate", "2", "--reevaluation-folds", "3"]
     driver = lossforge("search", *args, cwd=tmp_path, log=tmp_path / "run1.log")
     try:
-        wait_for(lambda: "re-evaluating" in (tmp_path / "run1.log").read_text(), 300, "the re-evaluation stage")
+        wait_for(lambda: "re-evaluating" in (tmp_path / "run1.log").read_text(), 300, "the re-evaluation stage", files_growth(tmp_path))
         time.sleep(3)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
@@ -98,7 +98,7 @@ def test_sigkill_during_the_reevaluation_then_resume_finishes_it_without_evaluat
 
     resumed = lossforge("resume", "r", "--storage", str(tmp_path), cwd=tmp_path, log=tmp_path / "run2.log")
     try:
-        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(resumed, 240, files_growth(tmp_path)) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
     assert (folder / "evaluations.jsonl").read_bytes() == log_before, "nothing evaluated again"

@@ -152,7 +152,7 @@ class DPOConfig:
         if not 0.0 <= self.robust_epsilon < 0.5:
             raise UsageError(f"--robust-epsilon must be in [0, 0.5), got {self.robust_epsilon}")
         _cuda_check(self.device)
-        from trainers.dpo import resolve_preference_loss  # a loss file is read here, not in a worker
+        from trainers.losses.preference import resolve_preference_loss  # a loss file is read here, not in a worker
 
         resolve_preference_loss(self.loss)
 

@@ -18,8 +18,7 @@ import torch
 
 from trainers.config import DPOConfig
 from trainers.data.pairs import PreferencePairs, split_by_prompt, synthetic_pairs, synthetic_vocabulary
-from trainers.errors import UsageError
-from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss
+from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss, resolve_preference_loss
 from trainers.losses.preference_taylor import PreferenceTaylorLoss, preference_taylor_losses
 from trainers.metrics import preference_metrics
 from trainers.models.preference import (
@@ -42,14 +41,6 @@ class DPOPackPlan:
 
     train: str | None  # pairs; None: the built-in task
     dpo: DPOConfig
-
-
-def resolve_preference_loss(spec: str) -> str | PreferenceTaylorLoss:
-    if spec in PREFERENCE_LOSSES:
-        return spec
-    if spec.endswith(".json") or Path(spec).exists():
-        return PreferenceTaylorLoss.load(spec)
-    raise UsageError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES} or a preference Taylor .json file")
 
 
 def reward_scale(loss: str | PreferenceTaylorLoss, beta: float) -> float:
@@ -149,7 +140,7 @@ def taylor_pair_loss(coefficients: list[float], center: float):
 GradientSync = Callable[[list[torch.Tensor]], None]
 
 
-def make_optimizer(model, cfg: DPOConfig) -> torch.optim.Optimizer:
+def make_adamw(model, cfg: DPOConfig) -> torch.optim.Optimizer:
     """AdamW; the encoder's zero-initialised head learns at ``head_lr``: at a fine-tuning rate
     (3e-5) a head that starts at 0 barely moves in an epoch, and while it is ~0 the encoder gets
     no gradient either (MiniLM on AlpacaEval stayed at loss log 2 for a whole epoch)."""
@@ -265,6 +256,13 @@ def _healthy(train_loss: float, val: dict) -> bool:
     return math.isfinite(train_loss) and val["status"] == "ok"
 
 
+def diverged(best_state: dict | None, history: list[dict]) -> bool:
+    """The one definition of a diverged run (train-dpo in-process and on Ray, a search pack, the
+    final report): an epoch whose training loss or validation was not finite, or no good epoch
+    at all. Training stops at the first such epoch; the best earlier epoch does not rescue it."""
+    return best_state is None or not all(_healthy(h["train_loss"], h) for h in history)
+
+
 def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: PreferencePairs | None = None,
               log: Callable[[str], None] = lambda m: None, loss=None) -> dict:
     """Train in this process and keep the epoch with the best validation agreement.
@@ -285,19 +283,19 @@ def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: Prefer
     run = Run.start(prep.model, cfg)
     run_epochs(run, prep, loss, cfg, device, on_epoch=lambda run, r: log(
         f"epoch {run.epoch}/{cfg.epochs}  loss {r['train_loss']:.4f}  val agreement {r['agreement']:.4f}"))
-    best_state = run.best_state
-    if best_state is not None:
-        prep.model.load_state_dict(best_state)
+    ok = not run.diverged
+    if ok:
+        prep.model.load_state_dict(run.best_state)
     result = {
-        "status": "ok" if best_state is not None else "diverged",
-        "val_agreement": run.best_agreement if best_state is not None else float("nan"),
+        "status": "ok" if ok else "diverged",
+        "val_agreement": run.best_agreement if ok else float("nan"),
         "history": run.history,
         "model_label": prep.model_label,
         "config": asdict(cfg),
         "model": prep.model,
         "tokenizer": prep.tokenizer,
     }
-    if test is not None and best_state is not None:
+    if test is not None and ok:
         test_data = encode_pairs(prep.tokenizer, test, cfg)
         # The built-in reference scores are cached from the *initial* model; rebuild it for test.
         reference, _, _ = build_model(cfg)
@@ -325,7 +323,7 @@ class Run:
 
     @classmethod
     def start(cls, model, cfg: DPOConfig) -> "Run":
-        return cls(model, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed), history=[])
+        return cls(model, make_adamw(model, cfg), torch.Generator().manual_seed(cfg.seed), history=[])
 
     def record(self, epoch_metrics: dict) -> None:
         self.epoch += 1
@@ -334,6 +332,10 @@ class Run:
         if epoch_metrics.get("status") == "ok" and agreement > self.best_agreement:
             self.best_agreement = agreement
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    @property
+    def diverged(self) -> bool:
+        return diverged(self.best_state, self.history)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -1,5 +1,6 @@
 """Writing results so that a crash never leaves half a file, and reading them back with errors
-that name the file. Standard library only."""
+that name the file. Writing goes through :func:`trainers.data.storage.write_bytes` (imported
+when a file is written, so that importing this module stays light)."""
 from __future__ import annotations
 
 import json
@@ -9,24 +10,25 @@ from pathlib import Path
 from trainers.errors import DataError, UsageError
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write next to ``path``, fsync, then rename over it: readers see the old file or the
-    new one, never a torn one."""
+def write_text_atomic(location: str | Path, text: str) -> None:
+    """``text`` as UTF-8 to a path or URI, whole or not at all (see ``write_bytes``)."""
+    from trainers.data.storage import write_bytes
+
+    write_bytes(location, text.encode("utf-8"))
+
+
+def write_json(location: str | Path, payload) -> None:
+    write_text_atomic(location, json.dumps(payload, indent=2, default=float) + "\n")
+
+
+def complete_lines(path: str | Path) -> tuple[list[str], bytes]:
+    """The one torn-line reader of an append-only JSON-lines file: (its lines up to the last
+    newline, the bytes after it). A crash inside an append leaves a torn last line; readers
+    ignore it (a writer still appending finishes it later), a resume cuts it off."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: str | Path, payload) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=float) + "\n")
+    raw = path.read_bytes() if path.exists() else b""
+    cut = raw.rfind(b"\n") + 1
+    return raw[:cut].decode("utf-8", errors="replace").splitlines(), raw[cut:]
 
 
 def read_json(path: str | Path, what: str = "JSON file"):

@@ -199,7 +199,7 @@ def pu_worker_loop(config: dict) -> None:
     from dataclasses import replace
 
     from trainers.losses.taylor import TaylorLoss
-    from trainers.pu import NEEDS_PRIOR, build_population, evaluate_members, make_objective, run_epochs, share_data
+    from trainers.pu import build_population, evaluate_members, make_objective, prior_for, run_epochs, share_data
 
     fixed_mmap_threshold()
     job: PUTrainJob = config["job"]
@@ -213,7 +213,7 @@ def pu_worker_loop(config: dict) -> None:
     method = loss if isinstance(loss, str) else "taylor"
     gather = (lambda a: np.concatenate(gather_objects(a, world))) if world > 1 else None
     tensors, val = share_data(share, method, device, gather)
-    prior = (cfg.prior if cfg.prior is not None else share.true_prior) if method in NEEDS_PRIOR else None
+    prior = prior_for(method, cfg, share)
     pop = build_population(make_objective(loss, prior, device), [cfg.seed], share.dim, cfg, stream=rank)
     state = restore() or {}
     if "population" in state:
@@ -274,7 +274,8 @@ def _dpo_prepare(cfg, train: str | None, device):
 def dpo_worker_loop(config: dict) -> None:
     """``lossforge train-dpo``: one model, a checkpoint and a report per epoch, resumable.
     Config: {"dpo": DPOConfig, "train": path | None}."""
-    from trainers.dpo import Run, resolve_preference_loss, run_epochs
+    from trainers.dpo import Run, run_epochs
+    from trainers.losses.preference import resolve_preference_loss
 
     started = time.perf_counter()
     rank, world, device = worker_context()
@@ -335,7 +336,7 @@ def dpo_pack_worker_loop(config: dict) -> None:
         run_epochs(run, prep, taylor_pair_loss(candidate["coefficients"], candidate["center"]), cfg, device,
                    (rank, world), average_gradients if world > 1 else None)
         train_seconds += time.perf_counter() - t0
-        ok = run.best_state is not None and all(h.get("status") == "ok" for h in run.history)
+        ok = not run.diverged
         done[candidate["id"]] = CandidateResult(candidate["id"], run.best_agreement if ok else DIVERGED_FITNESS,
                                                 "ok" if ok else "diverged")
         say(index == len(pending) - 1)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainers.config import DEFAULT_VAL_METRIC, PUConfig
+from trainers.config import DEFAULT_VAL_METRIC, FITNESS_NEEDS_PRIOR, PUConfig
 from trainers.data.pu import Fold, LabelledSet, PUData, PUShare, PUSplit, make_pu_split
 from trainers.data.shards import EmbeddingTable, read_table
 from trainers.data.synthetic import synthetic_pu_problem
@@ -542,9 +542,11 @@ def default_data() -> tuple[EmbeddingTable, EmbeddingTable]:
     return synthetic_pu_problem()
 
 
-def prior_for(method: str, cfg: PUConfig, data: PUData) -> float | None:
-    """The prior a method is given: --prior, else in benchmark mode the truth (its best case)."""
-    if method not in NEEDS_PRIOR and cfg.fitness not in ("pu_accuracy", "pu_f1"):
+def prior_for(method: str, cfg: PUConfig, data: PUData | PUShare) -> float | None:
+    """The prior a run is given when its loss or its fitness needs one: --prior, else in benchmark
+    mode the truth (its best case). The one rule: in-process, every --workers worker, and the
+    --workers driver's check before the job starts all call this."""
+    if method not in NEEDS_PRIOR and cfg.fitness not in FITNESS_NEEDS_PRIOR:
         return None
     prior = cfg.prior if cfg.prior is not None else data.true_prior
     if prior is None:
@@ -644,7 +646,25 @@ def classifier_of(pop: Population, threshold_logit: float, cfg: PUConfig, **deta
     (name and, for a Taylor loss, its terms), its configuration and ``details``."""
     from trainers.classifier import PUClassifier
 
-    loss = resolve_loss(cfg.loss)
-    meta = {"loss": loss_label(loss), "loss_spec": loss.to_dict() if isinstance(loss, TaylorLoss) else loss,
+    return PUClassifier.from_population(pop, 0, threshold_logit, classifier_meta(resolve_loss(cfg.loss), cfg, **details))
+
+
+def classifier_meta(loss: str | TaylorLoss, cfg: PUConfig, **details) -> dict:
+    """What a saved classifier records about its training (in-process or --workers): its loss (name
+    and, for a Taylor loss, its terms), its configuration and ``details``."""
+    return {"loss": loss_label(loss), "loss_spec": loss.to_dict() if isinstance(loss, TaylorLoss) else loss,
             "config": asdict(cfg), "fitness": cfg.fitness, **details}
-    return PUClassifier.from_population(pop, 0, threshold_logit, meta)
+
+
+def finalise(result: dict, classifier, save: str | None, out: str | None, log: Callable[[str], None]) -> dict:
+    """The one end of a PU run (in-process train-pu and --workers): save the classifier (--save,
+    a folder or URI) when there is one, then write the results (--out, a file or URI)."""
+    from trainers.files import write_json
+
+    if save and classifier is not None:
+        classifier.save(save)
+        log(f"saved the classifier to {save}")
+    if out:
+        write_json(out, result)
+        log(f"wrote {out}")
+    return result

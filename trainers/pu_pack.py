@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -62,13 +62,6 @@ class PUPackPlan:
         """(fold, seed) of each member of one candidate, in member order."""
         base = self.seed + 100_000 * self.stream
         return [(f, base + 1000 * f + s) for f in range(self.folds) for s in range(self.seeds_per_candidate)]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PUPackPlan":
-        return cls(**{**d, "pu": PUConfig(**d["pu"])})
 
 
 def load_dataset(source: str | None, cfg: PUConfig) -> PUData:

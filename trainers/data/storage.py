@@ -181,14 +181,18 @@ def read_bytes(location: str | Path) -> bytes:
 
 
 def write_bytes(location: str | Path, data: bytes) -> None:
-    """Write a whole file: locally next to it and renamed over it (atomic); an object store's
-    PUT is atomic by itself."""
+    """The one atomic writer: a whole file, locally written next to it, fsynced and renamed over
+    it (readers see the old file or the new one, never a torn one, also after a crash); to an
+    object store, one PUT (atomic by itself)."""
     if not is_remote(location):
         path = local_path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            tmp.write_bytes(data)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

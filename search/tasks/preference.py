@@ -1,0 +1,144 @@
+"""The preference task: pairwise (DPO-family) Taylor losses searched on preference pairs.
+
+It owns its options (:class:`PreferenceSearchOptions`), reading the pairs, the space, the plan,
+the final report on the test pairs and the plot of the best loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from typing import Callable
+
+from search.options import SearchOptions
+from trainers.config import opt
+from trainers.errors import UsageError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PreferenceSearchOptions:
+    mode: str = opt("encoder", "the model kind", choices=("encoder", "causal"))
+    model: str | None = opt(None, "local Hugging Face model folder (default: the built-in tiny model)")
+    max_pairs: int | None = opt(None, "train on a seeded sample of this many pairs")
+    fitness: str = opt("val_agreement", "validation agreement with the labels", choices=("val_agreement",))
+
+    def validate(self, epochs: int) -> None:
+        if self.fitness != "val_agreement":
+            raise UsageError(f"unknown fitness {self.fitness!r} for --task dpo; choose from ('val_agreement',)")
+        if self.max_pairs is not None and self.max_pairs < 2:
+            raise UsageError(f"--max-pairs must be at least 2, got {self.max_pairs}")
+
+
+class PreferenceTask:
+    """A :class:`search.tasks.Task`."""
+
+    name, options_class = "dpo", PreferenceSearchOptions
+    # DPO candidates train a transformer one after another, so a pack is slower per candidate.
+    default_epochs, default_seed_losses = 3, ["dpo"]
+    pack_candidates = 16
+
+    def space(self, order: int):
+        from search.space import PreferenceTaylorSpace
+
+        return PreferenceTaylorSpace(order=order)
+
+    def dpo_config(self, opts: SearchOptions):
+        from trainers.config import DPOConfig
+
+        o: PreferenceSearchOptions = opts.task_options
+        return DPOConfig(mode=o.mode, model=o.model, epochs=opts.epochs, seed=opts.seed, max_pairs=o.max_pairs)
+
+    def validate(self, opts: SearchOptions) -> None:
+        opts.task_options.validate(opts.epochs)
+        if len(opts.train) > 1:
+            raise UsageError("--task dpo takes one --train")
+        self.dpo_config(opts).validate()
+
+    def smoke(self, opts: SearchOptions) -> SearchOptions:
+        return replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600))
+
+    def read_inputs(self, opts: SearchOptions) -> None:
+        from trainers.data.pairs import read_pairs
+        from trainers.models.preference import check_model_folder
+
+        if opts.task_options.model is not None:
+            check_model_folder(opts.task_options.model, opts.task_options.mode)
+        if opts.train:
+            read_pairs(opts.train[0])
+        if opts.test:
+            read_pairs(opts.test[0])
+
+    def seed_vectors(self, opts: SearchOptions, inputs: None) -> list:
+        space = self.space(opts.order)
+        return [(n, space.seed_point(n)) for n in opts.seed_losses]
+
+    def pack_cap(self, opts: SearchOptions) -> int:
+        return self.pack_candidates
+
+    def plan(self, opts: SearchOptions, inputs: None):
+        from trainers.dpo import DPOPackPlan
+
+        return DPOPackPlan(train=opts.train[0] if opts.train else None, dpo=self.dpo_config(opts))
+
+    def worker_loop(self):
+        from trainers.loop import dpo_pack_worker_loop
+
+        return dpo_pack_worker_loop
+
+    def final_report(self, folder: Path, opts: SearchOptions, log: Log) -> dict:
+        return final_dpo_report(folder, opts, self.dpo_config(opts), log)
+
+    def plot_best(self, best, path: Path) -> None:
+        plot_preference_loss(best, path)
+
+
+def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
+    """Train the best loss and plain DPO with the search's settings, score both on the test pairs."""
+    from trainers.data.pairs import read_pairs
+    from trainers.dpo import default_pairs, train_dpo
+    from trainers.losses.preference_taylor import PreferenceTaylorLoss
+
+    if opts.train:
+        train, test = read_pairs(opts.train[0]), read_pairs(opts.test[0]) if opts.test else None
+    else:
+        train, test = default_pairs(opts.seed)
+    if test is None:
+        log("no --test given: the best loss is not scored on held-out data")
+        return {}
+    report = {}
+    for label, loss in (("best", PreferenceTaylorLoss.load(folder / "best_loss.json")), ("dpo", None)):
+        result = train_dpo(cfg, train, test, loss=loss)
+        report[label] = {"val_agreement": result["val_agreement"], "status": result["status"],
+                         **{f"test_{k}": v for k, v in result.get("test", {}).items() if k in ("agreement", "agreement_lc", "brier")}}
+    log("test pairs (scored once, after the search): " + "  ".join(
+        f"{k}: agreement {v['test_agreement']:.4f} (length-controlled {v['test_agreement_lc']:.4f})"
+        for k, v in report.items() if v.get("test_agreement") is not None))
+    return report
+
+
+def plot_preference_loss(best, path: Path) -> None:
+    """The searched pairwise loss f(s) against DPO's -log s and its Taylor point, shifted to 0 at s = 1/2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from trainers.losses.preference_taylor import preference_taylor_point
+
+    s = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
+    delta = torch.log(s / (1 - s))  # s = sigmoid(delta)
+    ones = torch.ones_like(s)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, loss in (("best", best), ("DPO (Taylor)", preference_taylor_point("dpo", best.order))):
+        curve = loss(delta, ones, reduction="none") - loss(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+        ax.plot(s, curve.numpy(), label=label)
+    ax.plot(s, (-torch.log(s) + torch.log(torch.tensor(0.5))).numpy(), "--", label="DPO (exact)")
+    ax.set_xlabel("s = sigmoid(Delta) of the preferred side")
+    ax.set_ylabel("loss (0 at s = 1/2)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

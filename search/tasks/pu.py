@@ -1,0 +1,296 @@
+"""The PU task: the selector/discriminator Taylor family searched on Parquet embeddings.
+
+It owns its options (:class:`PUSearchOptions`), reading (and so checking) the training and test
+sets, the space, the plan every pack trains under, the elite re-evaluation after the budget, the
+final report on the test split and the plot of the best loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from search.options import SearchOptions
+from trainers.config import (
+    DEFAULT_VAL_METRIC, FITNESS_NEEDS_PRIOR, LABELLING_HELP, LABELLINGS, PU_FITNESS, SEARCH_DEFAULT_FITNESS,
+    TRUTH_FITNESS, VAL_HELP, VAL_METRICS, VAL_SIZE_HELP, check_validation_options, opt,
+)
+from trainers.errors import UsageError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PUSearchOptions:
+    labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled")
+    labelling: str = opt("scar", LABELLING_HELP, choices=LABELLINGS)
+    val: str | None = opt(None, VAL_HELP + " (with one --train)")
+    val_size: int = opt(0, VAL_SIZE_HELP + " (per --train)")
+    val_metric: str = opt(DEFAULT_VAL_METRIC, "with a labelled validation set: each member's metric on it",
+                          choices=VAL_METRICS)
+    prior: float | None = opt(None, "class prior, for a fitness that needs one (benchmark data: the truth)")
+    fitness: str = opt(SEARCH_DEFAULT_FITNESS, "each member's validation metric without a labelled validation set "
+                       "(PU information only)", choices=PU_FITNESS + TRUTH_FITNESS)
+    folds: int = opt(2, "validation folds per candidate (labelled/validation partitions, re-drawn for every pack)")
+    seeds_per_candidate: int = opt(1, "training seeds per candidate and fold")
+    controls: list[str] = opt(["pan", "naive"], "hand-made losses trained in every pack on the same folds and seeds; "
+                                                "fitness is the paired margin over the best of them (none: raw fitness)")
+    rungs: list[int] = opt([1, 3], "successive halving: epochs at each rung before the last (the last is --epochs; "
+                                   "rungs at or past it are dropped); none: every candidate trains every epoch")
+    keep: float = opt(1 / 3, "share of candidates that train on after each rung")
+    reevaluate: int = opt(8, "elites retrained after the search on fresh folds and seeds (0: none)")
+    reevaluation_folds: int = opt(4, "folds per elite in the re-evaluation (never seen by the search)")
+    reevaluation_seeds: int = opt(1, "seeds per elite and fold in the re-evaluation")
+    sample_rows: int | None = opt(None, "search on a seeded sample of this many rows of each --train, stratified "
+                                        "(labelled and unlabelled rows keep their shares; written to the results "
+                                        "folder); then train the found loss on everything with train-pu --workers")
+
+    def validate(self, epochs: int) -> None:
+        if self.fitness not in PU_FITNESS + TRUTH_FITNESS:
+            raise UsageError(f"unknown fitness {self.fitness!r}; choose from {PU_FITNESS} (PU-only) or {TRUTH_FITNESS}")
+        if not 0.0 < self.labelled_frac <= 1.0:
+            raise UsageError(f"--labelled-frac must be in (0, 1], got {self.labelled_frac}")
+        check_validation_options(self.labelling, self.val, self.val_size, self.val_metric)
+        if self.prior is not None and not 0.0 < self.prior < 1.0:
+            raise UsageError(f"--prior must be in (0, 1), got {self.prior}")
+        if self.folds < 1 or self.seeds_per_candidate < 1 or self.reevaluation_folds < 1 or self.reevaluation_seeds < 1:
+            raise UsageError("--folds, --seeds-per-candidate, --reevaluation-folds and --reevaluation-seeds must be at least 1")
+        if self.reevaluate < 0:
+            raise UsageError(f"--reevaluate must be >= 0, got {self.reevaluate}")
+        if not 0.0 < self.keep <= 1.0:
+            raise UsageError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.sample_rows is not None and self.sample_rows < 10:
+            raise UsageError(f"--sample-rows must be at least 10, got {self.sample_rows}")
+        if any(r < 1 for r in self.rungs) or self.rungs != sorted(set(self.rungs)):
+            raise UsageError(f"--rungs must be increasing epoch counts (at least 1), got {self.rungs}")
+
+    def labelling_fields(self) -> dict:
+        """The PUConfig fields that say how a training set is labelled and validated: the search's
+        packs, its re-evaluation and its final report all label and validate alike."""
+        return {"labelled_frac": self.labelled_frac, "labelling": self.labelling, "val": self.val,
+                "val_size": self.val_size, "val_metric": self.val_metric, "fitness": self.fitness}
+
+    def rung_epochs(self, epochs: int) -> list[int]:
+        """Epochs at each rung: the --rungs below --epochs, then --epochs itself (a short search
+        simply has fewer rungs)."""
+        return [r for r in self.rungs if r < epochs] + [epochs]
+
+
+@dataclass
+class PUInputs:
+    """What reading the data told the driver (kept small: workers read the data themselves)."""
+
+    priors: list[float | None]  # per training set, the class prior where known
+    samples: list = field(default_factory=list)  # --sample-rows: per training set, the sample to write
+
+
+# Members (candidates x folds x seeds) one PU pack may stack. On a CPU a pack's step costs about
+# K single steps, so past ~100 members bigger packs stop saving anything but keep the optimiser
+# waiting; a GPU takes far more members per step. Memory is not the limit at these sizes (a
+# member of the default problem's selector/discriminator pair, with AdamW state, is ~3 MB).
+AUTO_PACK_MEMBERS = {"cpu": 128, "gpu": 512}
+BUILTIN_PRIOR = 0.4  # the built-in problem's documented prior
+
+
+class PUTask:
+    """A :class:`search.tasks.Task`."""
+
+    name, options_class = "pu", PUSearchOptions
+    default_epochs, default_seed_losses = 10, ["pan"]
+
+    def space(self, order: int):
+        from search.space import TaylorSpace
+
+        return TaylorSpace(order=order)
+
+    def validate(self, opts: SearchOptions) -> None:
+        o: PUSearchOptions = opts.task_options
+        o.validate(opts.epochs)
+        from trainers.losses.seeds import SEED_FUNCTIONS
+
+        for name in o.controls:
+            if name not in SEED_FUNCTIONS:
+                raise UsageError(f"--controls: no hand-made loss {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
+        if o.val is not None and len(opts.train) != 1:
+            raise UsageError("--val is a labelled validation set for one --train; with several, use --val-size")
+        if len(opts.train) > 1 and o.folds * o.seeds_per_candidate < 2:
+            raise UsageError("a multi-data-set search puts margins in noise units: it needs --folds x --seeds-per-candidate >= 2")
+
+    def smoke(self, opts: SearchOptions) -> SearchOptions:
+        small = replace(opts.task_options, rungs=[1], reevaluate=2, reevaluation_folds=2, reevaluation_seeds=1)
+        return replace(opts, epochs=2, task_options=small)
+
+    def read_inputs(self, opts: SearchOptions) -> PUInputs:
+        """Read every training set (or its sample) and test set now: a bad file fails before
+        anything is written."""
+        from trainers.data.pu import PUData
+        from trainers.data.shards import read_table
+
+        o: PUSearchOptions = opts.task_options
+        priors, samples = [], []
+        if not opts.train:
+            priors.append(o.prior if o.prior is not None else BUILTIN_PRIOR)
+        for i, source in enumerate(opts.train):
+            table = _training_table(opts, i)
+            samples.append(table if o.sample_rows is not None else None)
+            val = read_table(o.val, need="label") if o.val else None
+            data = PUData.from_table(table, o.labelled_frac, opts.seed, o.labelling, o.val_size, val)
+            if opts.test:
+                test = read_table(opts.test[i], need="label")
+                if test.dim != data.dim:
+                    raise UsageError(f"{opts.test[i]}: test embeddings have dimension {test.dim}, {source} has {data.dim}")
+            priors.append(o.prior if o.prior is not None else data.true_prior)
+        if o.fitness in FITNESS_NEEDS_PRIOR and any(p is None for p in priors):
+            raise UsageError(f"fitness {o.fitness} needs the class prior: pass --prior")
+        return PUInputs(priors, samples)
+
+    def seed_vectors(self, opts: SearchOptions, inputs: PUInputs) -> list:
+        """(name, vector) of each --seed-losses: PAN's centre sits at the (mean known) prior."""
+        space = self.space(opts.order)
+        return [(n, space.seed_point(n, prior=_seed_prior(inputs))) for n in opts.seed_losses]
+
+    def pack_cap(self, opts: SearchOptions) -> int:
+        o: PUSearchOptions = opts.task_options
+        members = AUTO_PACK_MEMBERS["gpu" if opts.gpus_per_worker > 0 else "cpu"]
+        return max(1, members // (o.folds * o.seeds_per_candidate))
+
+    def plan(self, opts: SearchOptions, inputs: PUInputs):
+        from trainers.config import PUConfig
+        from trainers.pu_pack import PUPackPlan
+
+        o: PUSearchOptions = opts.task_options
+        space = self.space(opts.order)
+        controls = [{"name": n, **space.candidate(space.seed_point(n, prior=_seed_prior(inputs)))} for n in o.controls]
+        for path, sample in zip(training_sources(opts), inputs.samples):
+            if sample is not None and not Path(path).exists():
+                from trainers.data.shards import table_to_arrow
+                from trainers.data.storage import write_parquet
+
+                write_parquet(table_to_arrow(sample), path)
+        return PUPackPlan(
+            datasets=training_sources(opts),
+            labelled_frac=o.labelled_frac,
+            seed=opts.seed,
+            pu=PUConfig(epochs=opts.epochs, seed=opts.seed, **o.labelling_fields()),
+            priors=inputs.priors if o.fitness in FITNESS_NEEDS_PRIOR else [None] * len(inputs.priors),
+            folds=o.folds,
+            seeds_per_candidate=o.seeds_per_candidate,
+            controls=controls,
+            rungs=o.rung_epochs(opts.epochs),
+            keep=o.keep,
+        )
+
+    def worker_loop(self):
+        from trainers.loop import pu_pack_worker_loop
+
+        return pu_pack_worker_loop
+
+    def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None:
+        from search.reevaluation import reevaluate_elites
+
+        if opts.task_options.reevaluate > 0:
+            reevaluate_elites(folder, opts, plan, searcher, self.space(opts.order), self.worker_loop(), log)
+
+    def final_report(self, folder: Path, opts: SearchOptions, log: Log) -> dict:
+        return final_pu_report(folder, opts, log)
+
+    def plot_best(self, best, path: Path) -> None:
+        plot_taylor_slices(best, path)
+
+
+def sample_path(opts: SearchOptions, i: int) -> Path:
+    return opts.folder() / f"sample-{i}.parquet"
+
+
+def training_sources(opts: SearchOptions) -> list[str | None]:
+    """What a PU search's packs (and its final report) train on: each --train, or with
+    --sample-rows its sample in the results folder; the built-in problem without --train."""
+    if not opts.train:
+        return [None]
+    if opts.task_options.sample_rows is None:
+        return list(opts.train)
+    return [str(sample_path(opts, i)) for i in range(len(opts.train))]
+
+
+def _training_table(opts: SearchOptions, i: int):
+    """--train number ``i`` (read whole), or its stratified sample -- drawn once, then read back
+    from the results folder (resume)."""
+    from trainers.data.pu import stratified_sample
+    from trainers.data.shards import read_table
+
+    n = opts.task_options.sample_rows
+    if n is None:
+        return read_table(opts.train[i])
+    if sample_path(opts, i).exists():
+        return read_table(sample_path(opts, i))
+    return stratified_sample(opts.train[i], n, opts.seed)
+
+
+def _seed_prior(inputs: PUInputs) -> float:
+    known = [p for p in inputs.priors if p is not None]
+    return sum(known) / len(known) if known else 0.5
+
+
+def final_pu_report(folder: Path, opts, log=print) -> dict:
+    """Per data set: the best loss and PAN, test F1/AUC (seed and epochs of the search)."""
+    from trainers.config import PUConfig
+    from trainers.pu import load_tables, train_pu
+
+    o = opts.task_options
+    pairs = list(zip(training_sources(opts), opts.test)) if opts.train else [(None, None)]
+    if opts.train and not opts.test:
+        log("no --test given: the best loss is not scored on held-out data")
+        return {}
+    report = {"datasets": []}
+    for train_path, test_path in pairs:
+        train, test = load_tables(train_path, test_path)
+        entry = {"train": train_path or "<built-in>", "test": test_path or "<built-in>"}
+        for label, loss in (("best", str(folder / "best_loss.json")), ("pan", "pan")):
+            cfg = PUConfig(loss=loss, seed=opts.seed, epochs=opts.epochs, prior=o.prior, **o.labelling_fields())
+            result = train_pu(cfg, train, test)
+            entry[label] = {k: result.get(k) for k in ("val_fitness", "test_f1", "test_auc", "threshold", "status")}
+            entry["validation"] = result["validation"]
+        report["datasets"].append(entry)
+        log(f"test split {entry['test']} (scored once, after the search): " + "  ".join(
+            f"{k}: F1 {entry[k]['test_f1']:.4f} AUC {entry[k]['test_auc']:.4f}" for k in ("best", "pan")
+            if entry[k].get("test_f1") is not None))
+    return report
+
+
+def plot_taylor_slices(best, path: Path) -> None:
+    """One panel per variable: each player's loss along its own variables, the others at 0.5.
+
+    PAN is drawn exactly (shifted to 0 at the slice's centre) and as its Taylor point of the
+    same order, since the family holds only the latter.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from trainers.losses.pu import pan_probability_losses
+    from trainers.losses.seeds import taylor_point
+    from trainers.losses.taylor import VARIABLES
+
+    pan_taylor = taylor_point("pan", best.order)
+    grid = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for i, (ax, var) in enumerate(zip(axes, VARIABLES)):
+        player = 0 if i < 2 else 1
+        values = [torch.full_like(grid, 0.5) for _ in range(4)]
+        values[i] = grid
+        base = [torch.full((1,), 0.5, dtype=torch.float64)] * 4
+        for label, loss in (("best", best), ("PAN (Taylor)", pan_taylor)):
+            curve = [loss(*(v[j : j + 1] for v in values))[player].item() for j in range(len(grid))]
+            ax.plot(grid, curve, label=label)
+        exact = pan_probability_losses(*values)[player] - pan_probability_losses(*base)[player]
+        ax.plot(grid, exact.numpy(), "--", label="PAN (exact)")
+        ax.set_xlabel(var)
+        ax.set_title(("L_D" if player == 0 else "L_C") + f" along {var}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
