@@ -275,6 +275,7 @@ def build_set(source: Source, paths: list[Path], out: Path, seed: int,
     dest = out / source.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{source.name}.tmp-", dir=out))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the set from other users of a shared data folder
     try:  # written beside, then renamed: a crash leaves no half-written set
         pq.write_table(to_table(rows, train, x[: len(train)]), tmp / "train.parquet")
         pq.write_table(to_table(rows, test, x[len(train):]), tmp / "test.parquet")
