@@ -30,6 +30,7 @@ def write_trec(folder: Path) -> list[Path]:
     train = [f"HUM:ind {q}" for q in HUM[:4]] + [f"LOC:other {q}" for q in OTHER[:8]]
     test = [f"HUM:gr {HUM[4]}"] + [f"DESC:def {q}" for q in OTHER[8:]] + ["NUM:count how many legs  does a spider have ?",
                                                                          "ENTY:other Caf\xe9 au lait ?"]
+    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "TREC.train", folder / "TREC.test"]
     for path, lines in zip(paths, (train, test)):
         path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
