@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from trainers.checkpoints import check_checkpoints
 from trainers.errors import DataError, UsageError
 from trainers.files import check_writable_folder, read_json, write_json
 
@@ -56,6 +57,7 @@ def start_run(
     raises on bad input); only then is the folder created and the spec written (atomically)."""
     if resume:
         spec = folder.load_spec()
+        check_checkpoints(folder.path)  # a tampered one fails here, before a worker would load it
     else:
         if folder.exists():
             raise UsageError(f"{folder.path} already holds a run: continue it with {folder.command}, or pick another name")

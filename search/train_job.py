@@ -24,7 +24,7 @@ from trainers.data.pairs import PreferencePairs, read_pairs, split_by_prompt
 from trainers.dpo import DPOConfig, default_pairs, save_scorer
 from trainers.errors import UsageError
 from trainers.files import write_json
-from trainers.loop import STATE_FILE
+from trainers.checkpoints import STATE_FILE, load_state
 from trainers.metrics import preference_metrics
 
 RUN_NAME = "train-dpo"
@@ -73,7 +73,7 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as checkpoint:
-        state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_state(Path(checkpoint) / STATE_FILE)
     if state["best_state"] is None:
         raise RuntimeError("training diverged in every epoch: no scorer to save (try a lower --lr)")
     save_scorer(folder.path / "scorer", cfg, state["best_state"], cfg.loss)

@@ -31,7 +31,7 @@ from trainers.boundary import PUTrainJob
 from trainers.config import PUConfig
 from trainers.errors import DataError, UsageError
 from trainers.files import write_json
-from trainers.loop import STATE_FILE
+from trainers.checkpoints import STATE_FILE, load_state
 
 RUN_NAME = "train-pu"
 SPEC_FILE = "run.json"
@@ -111,7 +111,7 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as checkpoint:
-        state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_state(Path(checkpoint) / STATE_FILE)
     return _finish(folder.path, spec, cfg, loss, state, last, test_table, started, log)
 
 

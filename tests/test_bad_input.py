@@ -88,6 +88,26 @@ def _scorer(folder: Path) -> Path:
     return folder
 
 
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what a tampered checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted_state(path: Path, root: Path) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"pack_state": _Payload(root / "pwned")}, path)
+    return path
+
+
 def _search_folder(root: Path, name: str) -> Path:
     """A finished (fake) search folder: its spec and a log of 2 asks and 2 tells."""
     folder = root / name
@@ -187,6 +207,14 @@ def world(tmp_path_factory):
     (results / "badspec" / "search.json").write_text("{broken")
     _search_folder(results, "listspec")
     (results / "listspec" / "search.json").write_text("[]")
+    # Checkpoints are data (#21): a crafted pickle that would create ``pwned`` if it ran.
+    _crafted_state(_search_folder(results, "crafted") / "train" / "pack-00000" / "checkpoint_000000" / "state.pt", root)
+    for run in ("dpocrafted", "pucrafted"):
+        (root / "out" / run).mkdir()
+        (root / "out" / run / "run.json").write_text("{}")
+        _crafted_state(root / "out" / run / "ray" / "run" / "checkpoint_000000" / "state.pt", root)
+    _copy_model(scorers / "ok", scorers / "craftedhead")
+    _crafted_state(scorers / "craftedhead" / "head.pt", root)
     return {"root": root, "bad": {k: str(v[0]) for k, v in bad.items()}, "bad_columns": {k: v[1] for k, v in bad.items()},
             "port_closed": _free_port(), "port_404": _not_ray_server()}
 
@@ -294,6 +322,11 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("resume a log with a corrupt interior line", ["resume", "torn-inside", *S], ["evaluations.jsonl", "line 2"]),
         ("resume a corrupt search.json", ["resume", "badspec", *S], ["search.json", "invalid JSON"]),
         ("resume a search.json that is a list", ["resume", "listspec", *S], ["search.json", "not an object"]),
+        ("resume a crafted pack checkpoint", ["resume", "crafted", *S], ["state.pt", "refused", "nothing in it was run"]),
+        ("train-dpo --resume a crafted checkpoint", ["train-dpo", "--out", "{W}/out/dpocrafted", "--resume"],
+         ["state.pt", "refused"]),
+        ("train-pu --resume a crafted checkpoint", ["train-pu", "--workers", "1", "--run-dir", "{W}/out/pucrafted",
+                                                    "--resume"], ["state.pt", "refused"]),
         ("report a search that never ran", ["report", "never", *S], ["never", "search.json"]),
         ("report ../escape", ["report", "../escape", *S], ["--name"]),
         # train-dpo
@@ -364,6 +397,8 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
                                            "--out", "{W}/out/s.parquet"], ["torn"]),
         ("score-pairs a damaged head", ["score-pairs", "--model", "{W}/scorers/badhead", "--data", "{W}/pairs/good.jsonl",
                                         "--out", "{W}/out/s.parquet"], ["head.pt"]),
+        ("score-pairs a crafted head", ["score-pairs", "--model", "{W}/scorers/craftedhead", "--data", "{W}/pairs/good.jsonl",
+                                        "--out", "{W}/out/s.parquet"], ["head.pt", "refused"]),
         ("score-pairs bad pairs", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/half.jsonl",
                                    "--out", "{W}/out/s.parquet"], ["half.jsonl", "'rejected'"]),
         ("score-pairs missing data", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/nowhere.jsonl",
@@ -451,3 +486,19 @@ def test_all_positive_truth_warns_in_one_line(world, capsys):
     main(["train-pu", "--train", str(world["root"] / "data" / "allpos.parquet"), "--epochs", "1"])
     err = capsys.readouterr().err
     assert "lossforge: warning:" in err and "allpos.parquet" in err and "every row is positive" in err
+
+
+def test_the_crafted_checkpoint_is_a_real_payload_that_lossforge_never_runs(tmp_path):
+    """The corpus's tampered checkpoints are live: unpickled the old way they run their payload;
+    lossforge's loader refuses them in one line and runs nothing."""
+    import torch
+
+    from trainers.checkpoints import load_state
+    from trainers.errors import DataError
+
+    path = _crafted_state(tmp_path / "state.pt", tmp_path)
+    with pytest.raises(DataError, match="refused") as refused:
+        load_state(path)
+    assert "\n" not in str(refused.value) and not (tmp_path / "pwned").exists()
+    torch.load(path, weights_only=False)  # what loop.py, train_job.py and train_pu_job.py did before #21
+    assert (tmp_path / "pwned").exists()
