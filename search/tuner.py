@@ -16,9 +16,11 @@ from dataclasses import replace
 
 from search.driver import RAY_ENV, RunFolder, Scaling, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
 from search.evaluations import EvaluationLog
+from search.lock import release_all
 from search.options import SearchOptions, check_name
 from trainers.data.storage import normalise
 from search.report import SPEC_FILE, format_leaderboard, write_report
+from search.resume import check_resume, options_from_spec, record_start
 from search.tasks import TaskInputs, auto_pack, get_task, with_task_defaults
 
 
@@ -26,10 +28,11 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
     """Validate, read the data, check the log -- then (new searches) write search.json. Raises
     on any bad input before anything is written or Ray starts."""
     check_name(opts.name)
-    if resume:
-        concurrency = opts.concurrency
-        opts = SearchOptions.from_dict(RunFolder(opts.folder(), SPEC_FILE, "").load_spec())
-        opts.concurrency = concurrency if concurrency is not None else opts.concurrency
+    if resume:  # the folder is where the command line says, wherever it was when the search started
+        given, spec_folder = opts, RunFolder(opts.folder(), SPEC_FILE, "")
+        opts = options_from_spec(spec_folder.load_spec(), spec_folder.spec_path)
+        opts = replace(opts, name=given.name, storage=given.storage,
+                       concurrency=given.concurrency if given.concurrency is not None else opts.concurrency)
     folder = RunFolder(opts.folder(), SPEC_FILE, f"`lossforge resume {opts.name}` (or --resume)")
 
     def read_inputs(spec: dict) -> TaskInputs:
@@ -41,16 +44,23 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
         check_optimizer(opts.optimizer)
         for name in opts.seed_losses:
             space.seed_point(name)  # raises on an unknown seed loss
-        if resume:
-            EvaluationLog(folder.path).events()  # a corrupt log fails now, not after Ray started
+        if resume:  # a corrupt log or an edited search.json fails now, not after Ray started
+            check_resume(opts, EvaluationLog(folder.path), folder.spec_path, space.dimension)
         return task.read_inputs(opts)
 
     opts.validate_common()
     opts = with_task_defaults(opts)
     if not resume:
         opts = replace(opts, train=[normalise(p) for p in opts.train], test=[normalise(p) for p in opts.test])
-    _, inputs = start_run(folder, resume, opts.to_dict(), read_inputs)
+    _, inputs = start_run(folder, resume, spec_of(opts), read_inputs, opts.train + opts.test, "--storage/--name")
+    if not resume:
+        record_start(EvaluationLog(folder.path), opts)
     return opts, inputs
+
+
+def spec_of(opts: SearchOptions) -> dict:
+    """search.json: the options, without where the folder lies (a moved folder resumes in place)."""
+    return {k: v for k, v in opts.to_dict().items() if k != "storage"}
 
 
 def default_concurrency(opts: SearchOptions) -> int:
@@ -72,6 +82,13 @@ def run_search(opts: SearchOptions, resume: bool = False, address: str | None = 
     """Run (or resume) a search to its budget, then re-evaluate (PU), report and score once on
     test. ``searcher_class`` lets a caller substitute a :class:`PackSearcher` subclass (tests use
     it to inject a NaN candidate)."""
+    try:
+        return _run_search(opts, resume, address, log, searcher_class)
+    finally:
+        release_all()
+
+
+def _run_search(opts: SearchOptions, resume: bool, address: str | None, log, searcher_class) -> dict:
     started = time.perf_counter()
     if opts.name is None and not resume:
         opts = replace(opts, name=time.strftime("search-%Y%m%d-%H%M%S"))

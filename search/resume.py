@@ -1,0 +1,65 @@
+"""What a resume may change in a search, checked before Ray starts.
+
+A search's evaluations only add up when every one of them was made under the same options: the
+task, the loss family's order (so the optimiser's dimensions), the data, the fitness, epochs,
+folds, seeds, controls, halving. ``search.json`` is a plain file anyone can edit, so the options
+that fix those are also written, once, into the evaluation log's first line (``{"event":
+"start", "fixed": {...}, "budget": N}``) and compared on every resume: a changed one is refused
+as one line naming the field. What may change: where the folder lies (``name``, ``storage``: it
+is wherever the command line says), the budget (up only), and resources (concurrency, workers,
+CPUs, GPUs, retries).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.evaluations import EvaluationLog
+from search.options import SearchOptions
+from trainers.errors import DataError
+
+MAY_CHANGE = ("name", "storage", "budget", "concurrency", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
+              "max_failures")
+
+
+def fixed_fields(opts: SearchOptions) -> dict:
+    """The options a resume must keep, flat (a task's own options by their own names)."""
+    d = opts.to_dict()
+    task_options = d.pop("task_options") or {}
+    return {**{k: v for k, v in d.items() if k not in MAY_CHANGE}, **task_options}
+
+
+def options_from_spec(spec: dict, spec_path: Path) -> SearchOptions:
+    """SearchOptions of a ``search.json`` (a mangled one is one line naming it)."""
+    try:
+        return SearchOptions.from_dict(spec)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise DataError(spec_path, f"not a valid search spec: {err}") from None
+
+
+def record_start(log: EvaluationLog, opts: SearchOptions) -> None:
+    """A new search's first log line: what every later resume is checked against."""
+    log.append(event="start", fixed=fixed_fields(opts), budget=opts.budget)
+
+
+def check_resume(opts: SearchOptions, log: EvaluationLog, spec_path: Path, dimension: int) -> None:
+    """Refuse a resume whose ``search.json`` no longer matches the search in the log: a fixed
+    option changed, the budget below what the search was started with or already asked, or
+    (a log from before the start record) vectors of another dimension than the order gives."""
+    events = log.events()
+    start = next((e for e in events if e["event"] == "start"), None)
+    now = fixed_fields(opts)
+    if start is not None:
+        for name, value in start["fixed"].items():
+            if now.get(name) != value:
+                raise DataError(spec_path, f"is {now.get(name)!r} but the search was started with {value!r}; a resume "
+                                           "may change only the budget (up) and resources: start a new search",
+                                name, kind="field")
+    asked = {e["id"] for e in events if e["event"] == "ask"}
+    floor = max(len(asked), start["budget"] if start else 0)
+    if opts.budget < floor:
+        raise DataError(spec_path, f"{opts.budget} is below what the search already holds ({floor}); "
+                                   "the budget may only grow", "budget", kind="field")
+    sizes = {len(e["vector"]) for e in events if e["event"] == "ask"}
+    if sizes - {dimension}:
+        raise DataError(spec_path, f"order {opts.order} gives {dimension} dimensions but the log holds vectors of "
+                                   f"{sorted(sizes)[0]}: the order cannot change on resume", "order", kind="field")
