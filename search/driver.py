@@ -54,15 +54,18 @@ def start_run(
     read_inputs: Callable[[dict], object],
     inputs: list[str | Path | None] = (),
     flag: str = "--out",
+    resumed_runs: list[Path] | None = None,
 ) -> tuple[dict, object]:
     """The driver skeleton. With ``resume`` the spec comes from the folder, else ``spec`` is new
     and an existing run is refused. ``read_inputs(spec)`` validates and reads everything (it
     raises on bad input); only then is the folder created and the spec written (atomically).
-    ``inputs``: the command's input paths, which the run folder (``flag``) may not overlap."""
+    ``inputs``: the command's input paths, which the run folder (``flag``) may not overlap;
+    ``resumed_runs``: the folders whose checkpoints a resume loads (default: the whole folder)."""
     refuse_inputs(str(folder.path), list(inputs), folder=True, flag=flag)
     if resume:
         spec = folder.load_spec()
-        check_checkpoints(folder.path)  # a tampered one fails here, before a worker would load it
+        # A tampered checkpoint fails here, before a worker would load it.
+        check_checkpoints(*(resumed_runs if resumed_runs is not None else [folder.path]))
     else:
         if folder.exists():
             raise UsageError(f"{folder.path} already holds a run: continue it with {folder.command}, or pick another name")

@@ -63,3 +63,14 @@ def check_resume(opts: SearchOptions, log: EvaluationLog, spec_path: Path, dimen
     if sizes - {dimension}:
         raise DataError(spec_path, f"order {opts.order} gives {dimension} dimensions but the log holds vectors of "
                                    f"{sorted(sizes)[0]}: the order cannot change on resume", "order", kind="field")
+
+
+def resumed_runs(folder: Path) -> list[Path]:
+    """The Train runs whose checkpoints a resume loads: the packs still owed a tell, and the
+    re-evaluation (a finished pack's checkpoints are never read again)."""
+    from search.trial import train_run_name
+
+    events = EvaluationLog(folder).events()
+    told = {e["id"] for e in events if e["event"] == "tell"}
+    pending = sorted({e["pack"] for e in events if e["event"] == "ask" and e["id"] not in told})
+    return [folder / "train" / train_run_name(p) for p in pending] + sorted((folder / "train").glob("reevaluation*"))

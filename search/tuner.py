@@ -20,7 +20,7 @@ from search.lock import release_all
 from search.options import SearchOptions, check_name
 from trainers.data.storage import normalise
 from search.report import SPEC_FILE, format_leaderboard, write_report
-from search.resume import check_resume, options_from_spec, record_start
+from search.resume import check_resume, options_from_spec, record_start, resumed_runs
 from search.tasks import TaskInputs, auto_pack, get_task, with_task_defaults
 
 
@@ -52,7 +52,8 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
     opts = with_task_defaults(opts)
     if not resume:
         opts = replace(opts, train=[normalise(p) for p in opts.train], test=[normalise(p) for p in opts.test])
-    _, inputs = start_run(folder, resume, spec_of(opts), read_inputs, opts.train + opts.test, "--storage/--name")
+    _, inputs = start_run(folder, resume, spec_of(opts), read_inputs, opts.train + opts.test, "--storage/--name",
+                          resumed_runs(folder.path) if resume else None)
     if not resume:
         record_start(EvaluationLog(folder.path), opts)
     return opts, inputs

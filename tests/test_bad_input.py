@@ -234,7 +234,9 @@ def world(tmp_path_factory):
     old_log = _search_folder(results, "old-log-order")
     (old_log / "search.json").write_text((old_log / "search.json").read_text().replace('"order": 2', '"order": 3'))
     # Checkpoints are data (#21): a crafted pickle that would create ``pwned`` if it ran.
-    _crafted_state(_search_folder(results, "crafted") / "train" / "pack-00000" / "checkpoint_000000" / "state.pt", root)
+    crafted = _search_folder(results, "crafted")
+    EvaluationLog(crafted).append(event="ask", id=2, pack=1, vector=[0.0] * 22, source="optimizer")  # pending: resumed
+    _crafted_state(crafted / "train" / "pack-00001" / "checkpoint_000000" / "state.pt", root)
     for run in ("dpocrafted", "pucrafted"):
         (root / "out" / run).mkdir()
         (root / "out" / run / "run.json").write_text("{}")

@@ -34,9 +34,9 @@ def _started_search(storage: Path, name: str, asked: int = 2, told: int = 2) -> 
     log = EvaluationLog(folder)
     record_start(log, opts)
     for i in range(asked):
-        log.append(event="ask", id=i, pack=0, vector=[0.1 * i] * 22, source="optimizer")
+        log.append(event="ask", id=i, pack=i // 2, vector=[0.1 * i] * 22, source="optimizer")
     for i in range(told):
-        log.append(event="tell", id=i, pack=0, fitness=0.1 * i, status="ok", details={})
+        log.append(event="tell", id=i, pack=i // 2, fitness=0.1 * i, status="ok", details={})
     return folder
 
 
@@ -149,3 +149,30 @@ def test_an_interrupt_stops_a_command_with_130_or_143_one_line_and_no_output(tmp
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"interrupted ({signal.Signals(sig).name})" in lines[0] and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_reevaluation_is_kept_only_while_the_log_holds_what_it_saw():
+    from search.reevaluation import _still_current
+
+    chosen = [{"id": -1, "search_fitness": None}, {"id": 3, "search_fitness": 0.5}, {"id": 8, "search_fitness": None}]
+    assert _still_current({"log_told": 8, "rows": []}, 8, chosen)
+    assert not _still_current({"log_told": 4, "rows": []}, 8, chosen), "a resume added evaluations: redo"
+    before_21 = {"rows": [{"id": -1, "search_fitness": None}, {"id": 3, "search_fitness": 0.5}]}
+    assert _still_current(before_21, 8, chosen), "an older record of the same elites is kept"
+    assert not _still_current({"rows": [{"id": 1, "search_fitness": 0.4}]}, 8, chosen)
+
+
+def test_save_with_overwrite_replaces_the_folder_instead_of_merging(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "stale.txt").write_text("from an earlier run")
+    assert main(["train-pu", "--epochs", "1", "--save", str(model), "--overwrite"]) == 0
+    assert sorted(p.name for p in model.iterdir()) == ["classifier.json", "model.safetensors"]
+
+
+def test_a_resume_checks_the_checkpoints_it_will_load_not_every_finished_packs(tmp_path):
+    from search.resume import resumed_runs
+
+    folder = _started_search(tmp_path, "s", asked=4, told=2)  # pack 0 told, pack 1 owed
+    (folder / "train" / "reevaluation-4").mkdir(parents=True)
+    assert resumed_runs(folder) == [folder / "train" / "pack-00001", folder / "train" / "reevaluation-4"]

@@ -51,10 +51,10 @@ def load_state(path: str | Path, what: str = "checkpoint"):
         raise DataError(path, f"cannot load this {what} (damaged or not a torch file): {first}") from None
 
 
-def check_checkpoints(folder: str | Path) -> int:
-    """Load every checkpoint under a run folder before a resume hands one to a worker: a tampered
-    one fails the command now, as one line, before Ray starts. Returns how many were checked."""
-    paths = sorted(Path(folder).rglob(STATE_FILE)) if Path(folder).is_dir() else []
+def check_checkpoints(*folders: str | Path) -> int:
+    """Load every checkpoint under the run folders a resume will hand to a worker: a tampered one
+    fails the command now, as one line, before Ray starts. Returns how many were checked."""
+    paths = sorted(p for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob(STATE_FILE))
     for path in paths:
         load_state(path)
     return len(paths)
