@@ -164,6 +164,8 @@ def world(tmp_path_factory):
     (losses / "huge.json").write_text(json.dumps({**pan, "selector": {**pan["selector"], "c_p": 1e308}}))
     (losses / "minushuge.json").write_text(json.dumps({**pan, "discriminator": {"d_p": -1e308}}))
     (losses / "noselector.json").write_text(json.dumps({**pan, "selector": {}}))
+    (losses / "prefstr.json").write_text(json.dumps({"family": "preference-taylor", "order": 2,
+                                                     "coefficients": {"s^1": "1.0"}}))
     pairs = root / "pairs"
     pairs.mkdir()
     _jsonl(pairs / "good.jsonl", PAIRS)
@@ -433,6 +435,8 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
          ["notype", "model_type"]),
         ("train-dpo --loss kto", ["train-dpo", "--loss", "kto", "--out", "{W}/out/d1"], ["unknown loss 'kto'"]),
         ("train-dpo --loss a JSON list", ["train-dpo", "--loss", "{W}/losses/list.json", "--out", "{W}/out/d1"], ["list.json"]),
+        ("train-dpo --loss a string coefficient", ["train-dpo", "--loss", "{W}/losses/prefstr.json", "--out", "{W}/out/d1"],
+         ["prefstr.json", "must be a number"]),
         ("train-dpo --beta 0", ["train-dpo", "--beta", "0", "--out", "{W}/out/d1"], ["--beta"]),
         ("train-dpo --epochs 0", ["train-dpo", "--epochs", "0", "--out", "{W}/out/d1"], ["--epochs"]),
         ("train-dpo --lr -1", ["train-dpo", "--lr", "-1", "--out", "{W}/out/d1"], ["--lr"]),

@@ -219,7 +219,7 @@ class TaylorLoss:
             center = [center[v] for v in VARIABLES]
         coefficients = []
         for player in PLAYERS:
-            given = {parse_term(k): _coefficient(w, player, k) for k, w in spec.get(player, {}).items()}
+            given = {parse_term(k): check_coefficient(w, player, k) for k, w in spec.get(player, {}).items()}
             allowed = exponents(order, player)
             unknown = set(given) - set(allowed)
             if unknown:
@@ -281,7 +281,7 @@ class TaylorLoss:
 MAX_COEFFICIENT = 1e6
 
 
-def _coefficient(value, player: str, term: str) -> float:
+def check_coefficient(value, player: str, term: str) -> float:
     """A loss file's coefficient: a JSON number (not a string, not a boolean), finite and in range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{player} term {term!r}: the coefficient must be a number, got {value!r}")
