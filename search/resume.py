@@ -11,6 +11,7 @@ CPUs, GPUs, retries).
 """
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from search.evaluations import EvaluationLog
@@ -29,11 +30,32 @@ def fixed_fields(opts: SearchOptions) -> dict:
 
 
 def options_from_spec(spec: dict, spec_path: Path) -> SearchOptions:
-    """SearchOptions of a ``search.json`` (a mangled one is one line naming it)."""
+    """SearchOptions of a ``search.json``; a mangled one (an unknown task option, a value of the
+    wrong type) is one line naming the file and the field."""
     try:
-        return SearchOptions.from_dict(spec)
+        opts = SearchOptions.from_dict(spec)
     except (TypeError, ValueError, AttributeError) as err:
         raise DataError(spec_path, f"not a valid search spec: {err}") from None
+    for owner in (opts, opts.task_options):
+        for f in fields(owner) if is_dataclass(owner) else ():
+            value = getattr(owner, f.name)
+            if f.name != "task_options" and not _fits(value, str(f.type)):
+                raise DataError(spec_path, f"{value!r} is not of type {str(f.type).replace(' | None', '')}", f.name,
+                                kind="field")
+    return opts
+
+
+def _fits(value, annotation: str) -> bool:
+    """Whether a JSON value fits a field's annotation ("int", "float | None", "list[str]", ...)."""
+    if value is None:
+        return "None" in annotation
+    kind = annotation.replace(" | None", "")
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_fits(v, kind[5:-1]) for v in value)
+    types = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}.get(kind)
+    if types is None:
+        return True
+    return isinstance(value, types) and (kind == "bool" or not isinstance(value, bool))
 
 
 def record_start(log: EvaluationLog, opts: SearchOptions) -> None:
@@ -41,10 +63,11 @@ def record_start(log: EvaluationLog, opts: SearchOptions) -> None:
     log.append(event="start", fixed=fixed_fields(opts), budget=opts.budget)
 
 
-def check_resume(opts: SearchOptions, log: EvaluationLog, spec_path: Path, dimension: int) -> None:
+def check_resume(opts: SearchOptions, log: EvaluationLog, spec_path: Path, dimension) -> None:
     """Refuse a resume whose ``search.json`` no longer matches the search in the log: a fixed
     option changed, the budget below what the search was started with or already asked, or
-    (a log from before the start record) vectors of another dimension than the order gives."""
+    (a log from before the start record) vectors of another dimension than the order gives:
+    ``dimension()`` is called only once the fixed fields are known to be the search's."""
     events = log.events()
     start = next((e for e in events if e["event"] == "start"), None)
     now = fixed_fields(opts)
@@ -59,9 +82,14 @@ def check_resume(opts: SearchOptions, log: EvaluationLog, spec_path: Path, dimen
     if opts.budget < floor:
         raise DataError(spec_path, f"{opts.budget} is below what the search already holds ({floor}); "
                                    "the budget may only grow", "budget", kind="field")
+    check_dimension(events, opts.order, spec_path, dimension())
+
+
+def check_dimension(events: list[dict], order: int, spec_path: Path, dimension: int) -> None:
+    """A log from before the start record: its vectors must have the dimensions the order gives."""
     sizes = {len(e["vector"]) for e in events if e["event"] == "ask"}
     if sizes - {dimension}:
-        raise DataError(spec_path, f"order {opts.order} gives {dimension} dimensions but the log holds vectors of "
+        raise DataError(spec_path, f"order {order} gives {dimension} dimensions but the log holds vectors of "
                                    f"{sorted(sizes)[0]}: the order cannot change on resume", "order", kind="field")
 
 

@@ -37,6 +37,8 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
 
     def read_inputs(spec: dict) -> TaskInputs:
         task = get_task(opts.task)
+        if resume:  # a corrupt log or an edited search.json fails now, naming the field, not after Ray started
+            check_resume(opts, EvaluationLog(folder.path), folder.spec_path, lambda: task.space(opts.order).dimension)
         task.validate(opts)
         space = task.space(opts.order)  # raises on a bad order
         from search.space import check_optimizer
@@ -44,8 +46,6 @@ def prepare_search(opts: SearchOptions, resume: bool) -> tuple[SearchOptions, Ta
         check_optimizer(opts.optimizer)
         for name in opts.seed_losses:
             space.seed_point(name)  # raises on an unknown seed loss
-        if resume:  # a corrupt log or an edited search.json fails now, not after Ray started
-            check_resume(opts, EvaluationLog(folder.path), folder.spec_path, space.dimension)
         return task.read_inputs(opts)
 
     opts.validate_common()

@@ -231,7 +231,8 @@ def world(tmp_path_factory):
     # search.json edited between runs (#21): fixed fields, the budget; a log from before the start record
     for name, edit in {"edited-order": {"order": 3}, "edited-fitness": {"fitness": "pu_auc"},
                        "edited-train": {"train": [str(d / "test.parquet")]}, "edited-epochs": {"epochs": 3},
-                       "shrunk-budget": {"budget": 1}}.items():
+                       "shrunk-budget": {"budget": 1}, "typed-order": {"order": "x"}, "typed-budget": {"budget": "8"},
+                       "typed-train": {"train": "a.parquet"}}.items():
         _search_folder(results, name, edit)
     old_log = _search_folder(results, "old-log-order")
     (old_log / "search.json").write_text((old_log / "search.json").read_text().replace('"order": 2', '"order": 3'))
@@ -395,6 +396,10 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("resume edited epochs", ["resume", "edited-epochs", *S], ["search.json", "field 'epochs'"]),
         ("resume a budget below what is evaluated", ["resume", "shrunk-budget", *S],
          ["search.json", "field 'budget'", "only grow"]),
+        ("resume a search.json order that is not a number", ["resume", "typed-order", *S],
+         ["search.json", "field 'order'", "'x'"]),
+        ("resume a search.json budget that is a string", ["resume", "typed-budget", *S], ["search.json", "field 'budget'"]),
+        ("resume a search.json train that is not a list", ["resume", "typed-train", *S], ["search.json", "field 'train'"]),
         ("resume an edited order (log without a start record)", ["resume", "old-log-order", *S],
          ["search.json", "field 'order'", "22"]),
         ("report a search that never ran", ["report", "never", *S], ["never", "search.json"]),
