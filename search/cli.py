@@ -460,10 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError) as err:
         print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
         code = EXIT_BAD_INPUT
-    except KeyboardInterrupt as err:
-        code = getattr(err, "code", 130)
-        print(f"lossforge {args.command}: interrupted ({err or 'SIGINT'}): stopped, nothing exported from the "
-              f"unfinished run; {resume_hint(args)}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        import signal
+
+        from search.driver import received_signal
+
+        code = 128 + received_signal()
+        print(f"lossforge {args.command}: interrupted ({signal.Signals(received_signal()).name}): stopped, nothing "
+              f"exported from the unfinished run; {resume_hint(args)}", file=sys.stderr, flush=True)
     finally:
         disconnect_ray(code)
         if "search.lock" in sys.modules:

@@ -156,7 +156,7 @@ class Interrupted(KeyboardInterrupt):
         import signal
 
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.code = signum, 128 + signum
+        self.signum = signum
 
 
 def _raise_interrupted(signum, frame):
@@ -164,7 +164,16 @@ def _raise_interrupted(signum, frame):
 
     for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows is bounded: let it finish
         signal.signal(s, signal.SIG_IGN)
+    _RECEIVED.append(signum)
     raise Interrupted(signum)
+
+
+def received_signal() -> int:
+    """The signal that interrupted this command (Ray re-raises a KeyboardInterrupt of its own
+    from inside ``ray.get``, without ours): SIGINT if none was caught here."""
+    import signal
+
+    return _RECEIVED[-1] if _RECEIVED else int(signal.SIGINT)
 
 
 def catch_interrupts() -> dict:
@@ -177,10 +186,12 @@ def catch_interrupts() -> dict:
         return {}
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     _CATCHING.append(True)
+    _RECEIVED.clear()
     return {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 _CATCHING: list[bool] = []
+_RECEIVED: list[int] = []
 
 
 # -- Ray --------------------------------------------------------------------------------------------

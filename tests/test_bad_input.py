@@ -183,7 +183,7 @@ def world(tmp_path_factory):
     _jsonl(pairs / "one.jsonl", [PAIRS[0]])
     models = root / "models"
     bert = _tiny_bert(models / "bert")
-    assert main(["train-pu", "--epochs", "1", "--save", str(models / "clf")]) == 0
+    assert main(["train-pu", "--train", str(d / "good"), "--epochs", "1", "--save", str(models / "clf")]) == 0
     (models / "empty").mkdir()
     (models / "noweights").mkdir()
     (models / "noweights" / "config.json").write_text((bert / "config.json").read_text())
