@@ -5,7 +5,7 @@ flags come from the config dataclasses (``trainers.config``, ``search.options``)
 command imports what it runs only when it runs.
 
 Exit codes: 0 success; 2 your input (one line: what and where, nothing written); 1 a failure of
-ours (the traceback, to report); 130 interrupted.
+ours (the traceback, to report); 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
 """
 from __future__ import annotations
 
@@ -75,11 +75,11 @@ def run_train_pu(args) -> int:
     if args.smoke_test:
         cfg = replace(cfg, epochs=3)
     cfg.validate()
-    inputs = [p for p in (args.train, args.test, cfg.val) if p]
+    inputs = [args.train, args.test, cfg.val, _loss_file(cfg.loss)]
     if args.out:  # before training: a bad --out must not cost the run
         check_output_file(args.out, inputs, args.overwrite, (".json",))
     if args.save:
-        check_output_folder(args.save, inputs + ([args.out] if args.out else []), args.overwrite, "--save")
+        check_output_folder(args.save, inputs + [args.out], args.overwrite, "--save")
     train, test = load_tables(args.train, args.test)
     result = train_pu(cfg, train, test, log=lambda m: print(m, flush=True))
     print(f"loss {result['loss']}  seed {result['seed']}  status {result['status']}")
@@ -88,11 +88,20 @@ def run_train_pu(args) -> int:
     if "test_f1" in result:
         print("test  " + "  ".join(f"{k} {result['test_' + k]:.4f}" for k in ("f1", "auc", "accuracy", "precision", "recall")))
     print(f"{result['seconds']:.1f} s")
+    if args.save and args.overwrite and result["status"] == "ok":  # --overwrite replaces the folder, never merges
+        from trainers.data.storage import clear_folder
+
+        clear_folder(args.save)
     classifier = None if result["status"] != "ok" else classifier_of(
         result["population"], result["threshold_logit"], cfg, val_fitness=result["val_fitness"],
         train=result["train_source"], n_train=result["n_train"], epoch_used=result["epoch_used"])
     finalise(_result_json(result), classifier, args.save, args.out, log=print)
     return 0 if result["status"] == "ok" else 1
+
+
+def _loss_file(loss: str) -> str | None:
+    """--loss given as a file (an input: no output may overwrite it), else None."""
+    return loss if loss.lower().endswith(".json") else None
 
 
 def run_train_pu_workers(args) -> int:
@@ -156,7 +165,9 @@ def add_embed(sub) -> None:
 
 
 def run_embed(args) -> int:
-    from search.driver import on_cluster
+    from search.driver import refuse_inputs, on_cluster
+
+    refuse_inputs(args.out, [args.input, args.model], folder=True)
 
     if on_cluster(args.address):
         from search.embed_job import run_embed_job
@@ -252,15 +263,22 @@ def search_options(args) -> tuple[Task, SearchOptions]:
 def resumed_search(name: str | None, storage: str, concurrency: int | None) -> tuple[Task, SearchOptions]:
     """The task and options search ``name`` was started with; --concurrency may change."""
     check_name(name)
+    # The folder is where the command line says (a moved or copied search resumes where it lies).
     task, opts = load_search(Path(storage).expanduser().resolve() / name)
-    return task, replace(opts, concurrency=concurrency if concurrency is not None else opts.concurrency)
+    return task, replace(opts, name=name, storage=storage,
+                         concurrency=concurrency if concurrency is not None else opts.concurrency)
 
 
 def run_search_command(args) -> int:
+    import time
+
     if args.resume:
         task, opts = resumed_search(args.name, args.storage, args.concurrency)
     else:
         task, opts = search_options(args)
+    if opts.name is None:  # named here, so an interrupt can say how to resume it
+        opts = replace(opts, name=time.strftime("search-%Y%m%d-%H%M%S"))
+        args.name = opts.name
     return _run_and_print(task, opts, args.resume, args.address)
 
 
@@ -392,8 +410,15 @@ COMMANDS = [add_train_pu, add_predict, add_train_dpo, add_score_pairs, add_embed
             add_jobs]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line, as every bad input is (not argparse's usage block first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lossforge", description="Search loss functions for scarce-label classifiers.")
+    parser = OneLineParser(prog="lossforge", description="Search loss functions for scarce-label classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -435,6 +460,9 @@ def _show_data_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_data_warnings()
+    from search.driver import catch_interrupts
+
+    replaced = catch_interrupts()
     code = 1  # if anything else escapes: a failure of ours, with its traceback
     try:
         code = args.run(args)
@@ -442,11 +470,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lossforge {args.command}: error: {err}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"lossforge {args.command}: interrupted", file=sys.stderr)
-        code = 130
+        import signal
+
+        from search.driver import received_signal
+
+        code = 128 + received_signal()
+        print(f"lossforge {args.command}: interrupted ({signal.Signals(received_signal()).name}): stopped, nothing "
+              f"exported from the unfinished run; {resume_hint(args)}", file=sys.stderr, flush=True)
     finally:
         disconnect_ray(code)
+        if "search.lock" in sys.modules:
+            sys.modules["search.lock"].release_all()
+        _restore_handlers(replaced)
     return code
+
+
+def resume_hint(args) -> str:
+    """How to continue an interrupted command, for the interrupt's one line."""
+    if args.command in ("search", "resume") and getattr(args, "name", None):
+        return f"continue it with: lossforge resume {args.name} --storage {args.storage}"
+    if args.command == "submit":
+        return f"continue it with: lossforge submit --name {args.name} --resume"
+    if args.command == "train-dpo" or (args.command == "train-pu" and (args.workers is not None or args.resume)):
+        return "continue it with the same command and --resume"
+    if args.command == "embed":
+        return "the same command again continues it" if getattr(args, "address", None) else "run it again"
+    return "run it again"
+
+
+def _restore_handlers(replaced: dict) -> None:
+    import signal
+
+    for s, handler in replaced.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

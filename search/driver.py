@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from search.lock import hold
+from trainers.checkpoints import check_checkpoints
 from trainers.errors import DataError, UsageError
 from trainers.files import check_writable_folder, read_json, write_json
 
@@ -62,12 +64,20 @@ def start_run(
     resume: bool,
     spec: dict | None,
     read_inputs: Callable[[dict], object],
+    inputs: list[str | Path | None] = (),
+    flag: str = "--out",
+    resumed_runs: list[Path] | None = None,
 ) -> tuple[dict, object]:
     """The driver skeleton. With ``resume`` the spec comes from the folder, else ``spec`` is new
     and an existing run is refused. ``read_inputs(spec)`` validates and reads everything (it
-    raises on bad input); only then is the folder created and the spec written (atomically)."""
+    raises on bad input); only then is the folder created and the spec written (atomically).
+    ``inputs``: the command's input paths, which the run folder (``flag``) may not overlap;
+    ``resumed_runs``: the folders whose checkpoints a resume loads (default: the whole folder)."""
+    refuse_inputs(str(folder.path), list(inputs), folder=True, flag=flag)
     if resume:
         spec = folder.load_spec()
+        # A tampered checkpoint fails here, before a worker would load it.
+        check_checkpoints(*(resumed_runs if resumed_runs is not None else [folder.path]))
     else:
         if folder.exists():
             raise UsageError(f"{folder.path} already holds a run: continue it with {folder.command}, or pick another name")
@@ -77,7 +87,10 @@ def start_run(
             raise UsageError(f"{folder.path} exists and is not empty: pick another name (nothing was changed)")
     check_writable_folder(folder.path)
     inputs = read_inputs(spec)
+    hold(folder.path)  # one writer: a second command on this folder is refused from here on
     if not resume:
+        if folder.exists():  # another command started this run while we read the inputs
+            raise UsageError(f"{folder.path} already holds a run: continue it with {folder.command}, or pick another name")
         write_json(folder.spec_path, spec)
     return spec, inputs
 
@@ -86,18 +99,23 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
-def _refuse_inputs(out: str, inputs: list[str | Path], folder: bool) -> None:
-    """An output may not be an input, lie inside an input folder, or (a folder) hold an input."""
+def refuse_inputs(out: str, inputs: list[str | Path | None], folder: bool, flag: str = "--out") -> None:
+    """The one overlap check of every command's outputs against all its inputs (data files, model
+    folders, loss files, results folders), with or without --overwrite: an output may not be an
+    input, lie inside an input folder, or (a folder) hold an input."""
     from trainers.data.storage import normalise
 
     target = normalise(out)
-    for given in inputs:
+    for given in filter(None, inputs):
         source = normalise(given)
+        if target == source:
+            raise UsageError(f"{flag} {out} is an input of this command; refusing to write over it")
         if _inside(target, source) or (folder and _inside(source, target)):
-            raise UsageError(f"--out {out} is an input of this command ({given}) or overlaps one; refusing to overwrite it")
+            raise UsageError(f"{flag} {out} overlaps the input {given} of this command; refusing to write there")
 
 
-def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool, suffixes: tuple[str, ...] = ()):
+def check_output_file(out: str | Path, inputs: list[str | Path | None], overwrite: bool, suffixes: tuple[str, ...] = (),
+                      flag: str = "--out"):
     """An output file path (or URI) that is safe to write: not one of the inputs (nor inside one),
     not a folder, with a known suffix, not under a file, and not an existing file without
     ``overwrite``. Returns a Path for a local file, the URI itself for a remote one."""
@@ -105,17 +123,17 @@ def check_output_file(out: str | Path, inputs: list[str | Path], overwrite: bool
 
     from trainers.data.storage import file_type, is_remote, local_path
 
-    _refuse_inputs(str(out), inputs, folder=False)
+    refuse_inputs(str(out), inputs, folder=False, flag=flag)
     remote = is_remote(out)
     target = None if remote else local_path(out)
     kind = file_type(out) if remote else (pafs.FileType.Directory if target.is_dir() else
                                           pafs.FileType.File if target.exists() else pafs.FileType.NotFound)
     if kind == pafs.FileType.Directory:
-        raise UsageError(f"--out {out} is a folder; give a file path")
+        raise UsageError(f"{flag} {out} is a folder; give a file path")
     if suffixes and Path(str(out).split("?")[0]).suffix.lower() not in suffixes:
-        raise UsageError(f"--out {out}: must end in {' or '.join(suffixes)}")
+        raise UsageError(f"{flag} {out}: must end in {' or '.join(suffixes)}")
     if kind == pafs.FileType.File and not overwrite:
-        raise UsageError(f"--out {out} already exists; add --overwrite to replace it")
+        raise UsageError(f"{flag} {out} already exists; add --overwrite to replace it")
     if remote:
         return str(out)
     check_writable_folder(target.resolve().parent)
@@ -129,7 +147,7 @@ def check_output_folder(out: str | Path, inputs: list[str | Path], overwrite: bo
 
     from trainers.data.storage import file_type, folder_is_empty, is_remote, local_path
 
-    _refuse_inputs(str(out), inputs, folder=True)
+    refuse_inputs(str(out), inputs, folder=True, flag=flag)
     if file_type(out) == pafs.FileType.File:
         raise UsageError(f"{flag} {out} is a file; give a folder")
     if not overwrite and not folder_is_empty(out):
@@ -137,6 +155,55 @@ def check_output_folder(out: str | Path, inputs: list[str | Path], overwrite: bo
     if not is_remote(out):
         check_writable_folder(local_path(out).resolve())
     return str(out)
+
+
+# -- interrupts -------------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (``ray job stop``, a scheduler): the command stops where it is
+    and exits 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows is bounded: let it finish
+        signal.signal(s, signal.SIG_IGN)
+    _RECEIVED.append(signum)
+    raise Interrupted(signum)
+
+
+def received_signal() -> int:
+    """The signal that interrupted this command (Ray re-raises a KeyboardInterrupt of its own
+    from inside ``ray.get``, without ours): SIGINT if none was caught here."""
+    import signal
+
+    return _RECEIVED[-1] if _RECEIVED else int(signal.SIGINT)
+
+
+def catch_interrupts() -> dict:
+    """From now on SIGINT and SIGTERM raise :class:`Interrupted` in the main thread. Tune's own
+    SIGINT handler stays off: it ends the trial loop as if the budget were spent, and the search
+    would re-evaluate and export from half its budget. Returns the handlers it replaced."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    _CATCHING.append(True)
+    _RECEIVED.clear()
+    return {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+_CATCHING: list[bool] = []
+_RECEIVED: list[int] = []
 
 
 # -- Ray --------------------------------------------------------------------------------------------
@@ -170,6 +237,8 @@ def start_ray(address: str | None, quiet: bool = True) -> None:
         # A driver submitted through the Jobs API: `lossforge submit` put RAY_ENV in the job's
         # runtime environment already, and Ray refuses the same variables twice.
         ray.init(**kwargs)
+        if _CATCHING:
+            catch_interrupts()
         return
     kwargs["runtime_env"] = {"env_vars": dict(RAY_ENV)}
     if address:
@@ -177,6 +246,8 @@ def start_ray(address: str | None, quiet: bool = True) -> None:
     else:
         os.environ.update(RAY_ENV)  # a local cluster's processes inherit the driver's environment
         ray.init(include_dashboard=False, **kwargs)
+    if _CATCHING:
+        catch_interrupts()  # ray.init installed its own SIGTERM handler (exit 15, no clean-up)
 
 
 def stop_ray(timeout: float = 30.0) -> bool:
@@ -256,5 +327,7 @@ def run_single_job(loop, config: dict, scaling: Scaling, folder: Path, run_name:
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as checkpoint:
-        return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+        from trainers.checkpoints import load_state  # data, never code: no pickle runs here
+
+        return load_state(Path(checkpoint) / STATE_FILE)
 

@@ -88,5 +88,11 @@ class EvaluationLog:
                 ev.wall_seconds, ev.trial, ev.details = e.get("wall_seconds"), e.get("trial"), e.get("details")
         return list(by_id.values())
 
+    def duplicate_tells(self) -> list[int]:
+        """Ids told more than once (two writers at once; readers keep the first tell)."""
+        seen: set[int] = set()
+        twice = {e["id"] for e in self.events() if e["event"] == "tell" and (e["id"] in seen or seen.add(e["id"]))}
+        return sorted(twice)
+
     def told(self) -> list[Evaluation]:
         return [e for e in self.evaluations() if e.status != "pending"]

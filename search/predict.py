@@ -39,13 +39,13 @@ def score_one(job: ShardJob):
     return table.select(["prediction"])
 
 
-def _targets(out: str, sources: list[str], data: str, overwrite: bool) -> list[str | None]:
+def _targets(out: str, sources: list[str], data: str, overwrite: bool, model: str) -> list[str | None]:
     from search.driver import check_output_file, check_output_folder
 
     if out.lower().endswith(".parquet"):
-        check_output_file(out, [data, *sources], overwrite, (".parquet",))
+        check_output_file(out, [data, model, *sources], overwrite, (".parquet",))
         return [None] * len(sources)
-    check_output_folder(out, [data, *sources], overwrite)
+    check_output_folder(out, [data, model, *sources], overwrite)
     return [join(out, f"part-{i:05d}.parquet") for i in range(len(sources))]
 
 
@@ -56,7 +56,7 @@ def run_predict(model: str, data: str, out: str, id_column: str | None = None, o
     shards = open_shards(data, "none")
     check_scorable(classifier, shards, id_column)
     sources = [s.source for s in shards.shards]
-    targets = _targets(str(out), sources, str(data), overwrite)
+    targets = _targets(str(out), sources, str(data), overwrite, str(model))
     if targets[0] is not None and overwrite:
         _remove_stale_parts(str(out), len(sources))
     jobs = [ShardJob(classifier, s, t, id_column) for s, t in zip(sources, targets)]

@@ -4,9 +4,12 @@ loss is the winner of this stage by a lower confidence bound, not the search's n
 
 The best of many noisy evaluations looks better than it is (the winner's curse); a fresh,
 larger sample of its paired margin over the controls says how much. ``reevaluation.json`` is the
-stage's record (elites, results, winner); ``reevaluation.csv`` ranks the elites with their search
-fitness beside the re-evaluated one. A resumed search skips a finished stage and continues an
-interrupted one from its Train checkpoint (same elites: the log is complete by then).
+stage's record (elites, results, winner, and ``log_told``: how many evaluations the log held when
+the elites were chosen); ``reevaluation.csv`` ranks the elites with their search fitness beside
+the re-evaluated one. A resumed search keeps a finished stage only while the log still holds what
+it saw: once a resume adds evaluations the elites are chosen again and re-evaluated before
+anything is exported. An interrupted stage continues from its Train checkpoint (the run is named
+after the log position, so a stage for other elites never picks up an old one).
 """
 from __future__ import annotations
 
@@ -79,27 +82,41 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
     from search.driver import Scaling, train_job
     from search.progress import ReportFile, pack_line, report_printer
     path = folder / REEVALUATION_FILE
-    if path.exists():
-        return read_json(path, "re-evaluation record")
+    told = len(EvaluationLog(folder).told())
     chosen = elites(folder, opts, searcher, plan)
+    if path.exists():
+        record = read_json(path, "re-evaluation record")
+        if _still_current(record, told, chosen):
+            return record
+        log(f"the re-evaluation in {path.name} saw {record.get('log_told', 'an older')} evaluation(s), the log now "
+            f"holds {told}: choosing and re-evaluating the elites again")
     stage = reevaluation_plan(plan, opts.task_options, opts.epochs)
     log(f"re-evaluating {len(chosen)} elites (controls included) on {stage.folds} fresh folds x "
         f"{stage.seeds_per_candidate} seeds, {opts.epochs} epochs")
     job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
     progress = folder / "reevaluation.progress.jsonl"
-    trainer = train_job(worker_loop, {"job": job}, scaling, REEVALUATION_RUN, str(folder / "train"),
+    trainer = train_job(worker_loop, {"job": job}, scaling, f"{REEVALUATION_RUN}-{told}", str(folder / "train"),
                         callbacks=[ReportFile(progress)])
     with every(1.0, report_printer(progress, pack_line("re-evaluation"), log)):
         result = trainer.fit()
     report = PackReport.from_dict(result.metrics)
     if report is None or not report.finished:
         raise RuntimeError(f"the re-evaluation job ended without its results: {result.error}")
-    record = summarise(chosen, report.results, stage.members_per_unit)
+    record = {**summarise(chosen, report.results, stage.members_per_unit), "log_told": told}
     write_json(path, record)
     write_reevaluation_csv(folder / REEVALUATION_CSV, record)
     log(format_reevaluation(record))
     return record
+
+
+def _still_current(record: dict, told: int, chosen: list[dict]) -> bool:
+    """Whether a finished stage re-evaluated the elites of the log as it is now (a record from
+    before ``log_told`` was kept: the same search elites)."""
+    if "log_told" in record:
+        return record["log_told"] == told
+    searched = {r["id"] for r in record.get("rows", []) if r.get("search_fitness") is not None}
+    return searched == {e["id"] for e in chosen if e["search_fitness"] is not None}
 
 
 def summarise(chosen: list[dict], results: list[CandidateResult], members: int) -> dict:

@@ -7,6 +7,7 @@ The exported best loss is the re-evaluation's winner where there is one, else th
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import numpy as np
 from search.evaluations import Evaluation, EvaluationLog
 from search.options import SearchOptions
 from search.reevaluation import format_reevaluation, read_reevaluation
-from trainers.files import write_text_atomic
+from trainers.errors import DataWarning, UsageError
+from trainers.files import read_json, write_text_atomic
 
 SPEC_FILE = "search.json"
 
@@ -41,6 +43,10 @@ def write_report(folder: str | Path, task, opts: SearchOptions, plots: bool = Tr
     folder = Path(folder)
     space = task.space(opts.order)
     evaluations = EvaluationLog(folder).evaluations()
+    if twice := EvaluationLog(folder).duplicate_tells():
+        warnings.warn(DataWarning(f"{folder / 'evaluations.jsonl'}: candidates {', '.join(map(str, twice[:10]))}"
+                                  f"{' ...' if len(twice) > 10 else ''} were told more than once (two commands wrote "
+                                  "this search at once); the first result of each counts"))
     board = leaderboard(evaluations)
     reevaluation = read_reevaluation(folder)
     _write_leaderboard(folder / "leaderboard.csv", board, space.names(), reevaluation)

@@ -58,7 +58,9 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     folder = RunFolder(local_run_folder(out, "--out"), SPEC_FILE, "the same command with --resume")
     spec = None if resume else {"dpo": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
                                 "scaling": asdict(scaling)}
-    spec, (train_pairs, test_pairs) = start_run(folder, resume, spec, _dpo_inputs(address))
+    loss_file = cfg.loss if cfg.loss.lower().endswith(".json") else None
+    spec, (train_pairs, test_pairs) = start_run(folder, resume, spec, _dpo_inputs(address),
+                                                [train, test, cfg.model, loss_file])
     cfg, scaling = DPOConfig(**spec["dpo"]), Scaling(**spec["scaling"])
     start_ray(address)
     used = len(train_pairs) if cfg.max_pairs is None else min(cfg.max_pairs, len(train_pairs))

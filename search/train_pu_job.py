@@ -90,7 +90,9 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
     fresh = not resume and not folder.path.exists()
     spec = None if resume else {"pu": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
                                 "save": save if save is None else _absolute(save), "out": out, "scaling": asdict(scaling)}
-    spec, (loss, rows, test_table) = start_run(folder, resume, spec, _pu_inputs(address, overwrite, resume))
+    loss_file = cfg.loss if cfg.loss.lower().endswith(".json") else None
+    spec, (loss, rows, test_table) = start_run(folder, resume, spec, _pu_inputs(address, overwrite, resume),
+                                               [train, test, loss_file], "--run-dir")
     cfg, scaling = PUConfig(**spec["pu"]), Scaling(**spec["scaling"])
     start_ray(address)
     log(f"train-pu: {rows} rows from {spec['train']}, loss {cfg.loss}, {scaling.workers} worker(s), each reading its "

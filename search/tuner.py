@@ -18,9 +18,11 @@ from dataclasses import replace
 
 from search.driver import RAY_ENV, RunFolder, Scaling, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
 from search.evaluations import EvaluationLog
+from search.lock import release_all
 from search.options import SearchOptions, check_name, with_task_defaults
 from trainers.data.storage import normalise
 from search.report import SPEC_FILE, format_leaderboard, write_report
+from search.resume import check_resume, record_start, resumed_runs
 from trainers.files import write_json
 
 FINAL_REPORT = "final_report.json"
@@ -46,6 +48,8 @@ def prepare_search(task, opts: SearchOptions, resume: bool):
     folder = RunFolder(opts.folder(), SPEC_FILE, f"`lossforge resume {opts.name}` (or --resume)")
 
     def read_inputs(spec: dict):
+        if resume:  # a corrupt log or an edited search.json fails now, naming the field, not after Ray started
+            check_resume(opts, EvaluationLog(folder.path), folder.spec_path, lambda: task.space(opts.order).dimension)
         task.validate(opts)
         space = task.space(opts.order)  # raises on a bad order
         from search.space import check_optimizer
@@ -53,16 +57,22 @@ def prepare_search(task, opts: SearchOptions, resume: bool):
         check_optimizer(opts.optimizer)
         for name in opts.seed_losses:
             space.seed_point(name)  # raises on an unknown seed loss
-        if resume:
-            EvaluationLog(folder.path).events()  # a corrupt log fails now, not after Ray started
         return task.read_inputs(opts)
 
     opts.validate_common()
     opts = with_task_defaults(task, opts)
     if not resume:
         opts = replace(opts, train=[normalise(p) for p in opts.train], test=[normalise(p) for p in opts.test])
-    _, inputs = start_run(folder, resume, opts.to_dict(), read_inputs)
+    _, inputs = start_run(folder, resume, spec_of(opts), read_inputs, opts.train + opts.test, "--storage/--name",
+                          resumed_runs(folder.path) if resume else None)
+    if not resume:
+        record_start(EvaluationLog(folder.path), opts)
     return opts, inputs
+
+
+def spec_of(opts: SearchOptions) -> dict:
+    """search.json: the options, without where the folder lies (a moved folder resumes in place)."""
+    return {k: v for k, v in opts.to_dict().items() if k != "storage"}
 
 
 def default_concurrency(opts: SearchOptions) -> int:
@@ -84,6 +94,13 @@ def run_search(task, opts: SearchOptions, resume: bool = False, address: str | N
     """Run (or resume) a search of ``task`` (a :class:`search.tasks.Task`) to its budget, then
     re-evaluate (PU), report and score once on test. ``searcher_class`` lets a caller substitute
     a :class:`PackSearcher` subclass (tests use it to inject a NaN candidate)."""
+    try:
+        return _run_search(task, opts, resume, address, log, searcher_class)
+    finally:
+        release_all()
+
+
+def _run_search(task, opts: SearchOptions, resume: bool, address: str | None, log, searcher_class) -> dict:
     started = time.perf_counter()
     if opts.name is None and not resume:
         opts = replace(opts, name=time.strftime("search-%Y%m%d-%H%M%S"))

@@ -144,3 +144,35 @@ def process_parent(pid: int) -> int | None:
 
 def find_processes(text: str) -> list[int]:
     return [pid for pid, (_, cmd) in _processes().items() if text in cmd]
+
+
+def _size(paths) -> int:
+    total = 0
+    for path in map(Path, paths):
+        files = path.rglob("*") if path.is_dir() else [path]
+        for f in files:
+            try:
+                total += f.stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def wait_while_progressing(predicate, watched, what: str, idle: float = 180.0) -> None:
+    """Wait until ``predicate()``; give up only after ``idle`` seconds in which nothing under
+    ``watched`` (logs, results folders) grew: a slow, shared machine gets the time it needs, a
+    hung run does not get forever."""
+    size, deadline = _size(watched), time.time() + idle
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: nothing progressed for {idle:.0f} s")
+        time.sleep(0.3)
+        now = _size(watched)
+        if now != size:
+            size, deadline = now, time.time() + idle
+
+
+def exit_code(proc: subprocess.Popen, watched, what: str, idle: float = 180.0) -> int:
+    """``proc``'s exit status, waiting while ``watched`` grows (see wait_while_progressing)."""
+    wait_while_progressing(lambda: proc.poll() is not None, watched, what, idle)
+    return proc.returncode

@@ -88,12 +88,43 @@ def _scorer(folder: Path) -> Path:
     return folder
 
 
-def _search_folder(root: Path, name: str) -> Path:
-    """A finished (fake) search folder: its spec and a log of 2 asks and 2 tells."""
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what a tampered checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted_state(path: Path, root: Path) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"pack_state": _Payload(root / "pwned")}, path)
+    return path
+
+
+def _search_folder(root: Path, name: str, edit: dict | None = None) -> Path:
+    """A finished (fake) search folder: its spec and a log of 2 asks and 2 tells. With ``edit``:
+    the log starts with the start record of the spec, then the spec is edited (#21)."""
+    from search.resume import record_start
+    from search.options import with_task_defaults
+    from search.tasks import TASKS
+
     folder = root / name
     folder.mkdir(parents=True)
-    (folder / "search.json").write_text(json.dumps(SearchOptions(name=name, storage=str(root), budget=2).to_dict()))
+    spec = SearchOptions(name=name, storage=str(root), budget=2).to_dict()
     log = EvaluationLog(folder)
+    if edit is not None:
+        record_start(log, with_task_defaults(TASKS["pu"], SearchOptions.from_dict(spec)))
+        for key, value in edit.items():
+            owner = spec["task_options"] if key in spec["task_options"] else spec
+            owner[key] = value
+    (folder / "search.json").write_text(json.dumps(spec))
     for i in range(2):
         log.append(event="ask", id=i, pack=0, vector=[0.0] * 22, source="optimizer")
     for i in range(2):
@@ -126,6 +157,16 @@ def world(tmp_path_factory):
     (losses / "wrongfamily.json").write_text('{"family": "preference-taylor", "order": 2, "coefficients": {}}')
     (losses / "highorder.json").write_text('{"family": "taylor", "order": 9}')
     (losses / "folder.json").mkdir()
+    from trainers.losses.seeds import taylor_point
+
+    pan = taylor_point("pan", 2).to_dict()
+    (losses / "ok.json").write_text(json.dumps(pan))
+    (losses / "strcoef.json").write_text(json.dumps({**pan, "selector": {**pan["selector"], "c_p": "1.0"}}))
+    (losses / "huge.json").write_text(json.dumps({**pan, "selector": {**pan["selector"], "c_p": 1e308}}))
+    (losses / "minushuge.json").write_text(json.dumps({**pan, "discriminator": {"d_p": -1e308}}))
+    (losses / "noselector.json").write_text(json.dumps({**pan, "selector": {}}))
+    (losses / "prefstr.json").write_text(json.dumps({"family": "preference-taylor", "order": 2,
+                                                     "coefficients": {"s^1": "1.0"}}))
     pairs = root / "pairs"
     pairs.mkdir()
     _jsonl(pairs / "good.jsonl", PAIRS)
@@ -143,6 +184,7 @@ def world(tmp_path_factory):
     _jsonl(pairs / "one.jsonl", [PAIRS[0]])
     models = root / "models"
     bert = _tiny_bert(models / "bert")
+    assert main(["train-pu", "--train", str(d / "good"), "--epochs", "1", "--save", str(models / "clf")]) == 0
     (models / "empty").mkdir()
     (models / "noweights").mkdir()
     (models / "noweights" / "config.json").write_text((bert / "config.json").read_text())
@@ -187,6 +229,24 @@ def world(tmp_path_factory):
     (results / "badspec" / "search.json").write_text("{broken")
     _search_folder(results, "listspec")
     (results / "listspec" / "search.json").write_text("[]")
+    # search.json edited between runs (#21): fixed fields, the budget; a log from before the start record
+    for name, edit in {"edited-order": {"order": 3}, "edited-fitness": {"fitness": "pu_auc"},
+                       "edited-train": {"train": [str(d / "test.parquet")]}, "edited-epochs": {"epochs": 3},
+                       "shrunk-budget": {"budget": 1}, "typed-order": {"order": "x"}, "typed-budget": {"budget": "8"},
+                       "typed-train": {"train": "a.parquet"}}.items():
+        _search_folder(results, name, edit)
+    old_log = _search_folder(results, "old-log-order")
+    (old_log / "search.json").write_text((old_log / "search.json").read_text().replace('"order": 2', '"order": 3'))
+    # Checkpoints are data (#21): a crafted pickle that would create ``pwned`` if it ran.
+    crafted = _search_folder(results, "crafted")
+    EvaluationLog(crafted).append(event="ask", id=2, pack=1, vector=[0.0] * 22, source="optimizer")  # pending: resumed
+    _crafted_state(crafted / "train" / "pack-00001" / "checkpoint_000000" / "state.pt", root)
+    for run in ("dpocrafted", "pucrafted"):
+        (root / "out" / run).mkdir()
+        (root / "out" / run / "run.json").write_text("{}")
+        _crafted_state(root / "out" / run / "ray" / "run" / "checkpoint_000000" / "state.pt", root)
+    _copy_model(scorers / "ok", scorers / "craftedhead")
+    _crafted_state(scorers / "craftedhead" / "head.pt", root)
     return {"root": root, "bad": {k: str(v[0]) for k, v in bad.items()}, "bad_columns": {k: v[1] for k, v in bad.items()},
             "port_closed": _free_port(), "port_404": _not_ray_server()}
 
@@ -277,6 +337,38 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("train-pu --out a folder", ["train-pu", "--out", "{W}/out/full"], ["full", "folder"]),
         ("train-pu --out under a file", ["train-pu", "--out", "{W}/out/afile/r.json"], ["afile", "is a file"]),
         ("train-pu --out not .json", ["train-pu", "--out", "{W}/out/r.txt"], ["r.txt", ".json"]),
+        # outputs never inside inputs, and --save errors name --save (#21)
+        ("train-pu --out is the --loss file", ["train-pu", "--loss", "{W}/losses/ok.json", "--out", "{W}/losses/ok.json",
+                                               "--overwrite"], ["--out", "is an input"]),
+        ("train-pu --save inside --train", ["train-pu", "--train", D, "--save", "{W}/data/good/model"],
+         ["--save", "input"]),
+        ("train-pu --save holds --train", ["train-pu", "--train", D, "--save", "{W}/data", "--overwrite"],
+         ["--save", "input"]),
+        ("train-pu --save is --out", ["train-pu", "--out", "{W}/out/m.json", "--save", "{W}/out/m.json"],
+         ["--save", "m.json"]),
+        ("train-pu --save exists", ["train-pu", "--save", "{W}/out/full"], ["--save", "full", "--overwrite"]),
+        ("train-pu --save a file", ["train-pu", "--save", "{W}/out/afile"], ["--save", "afile", "is a file"]),
+        ("train-pu --run-dir inside --train", ["train-pu", "--workers", "1", "--train", D, "--run-dir",
+                                               "{W}/data/good/run"], ["--run-dir", "input"]),
+        ("predict --out inside --model", ["predict", "--model", "{W}/models/clf", "--data", D, "--out",
+                                          "{W}/models/clf/scores.parquet"], ["--out", "input"]),
+        ("predict --out the --model folder", ["predict", "--model", "{W}/models/clf", "--data", D, "--out",
+                                              "{W}/models/clf", "--overwrite"], ["--out", "is an input"]),
+        ("train-dpo --out inside --model", ["train-dpo", "--model", "{W}/models/bert", "--out", "{W}/models/bert/run"],
+         ["--out", "input"]),
+        ("embed --out inside --model", ["embed", "--in", "{W}/texts/good.csv", "--model", "{W}/models/bert",
+                                        "--out", "{W}/models/bert/e"], ["--out", "input"]),
+        ("search results inside --train", ["search", "--name", "x", "--storage", D, "--train", D],
+         ["--storage/--name", "input"]),
+        # loss files: numbers only, in range, a selector that learns (#21)
+        ("train-pu --loss a string coefficient", ["train-pu", "--loss", "{W}/losses/strcoef.json"],
+         ["strcoef.json", "must be a number"]),
+        ("train-pu --loss a 1e308 coefficient", ["train-pu", "--loss", "{W}/losses/huge.json"], ["huge.json", "out of range"]),
+        ("train-pu --loss a -1e308 coefficient", ["train-pu", "--loss", "{W}/losses/minushuge.json"],
+         ["minushuge.json", "out of range"]),
+        ("train-pu --loss an empty selector", ["train-pu", "--loss", "{W}/losses/noselector.json"],
+         ["noselector.json", "selector"]),
+        ("search --budget not a number", ["search", "--name", "x", *S, "--budget", "many"], ["--budget", "many"]),
         # search
         ("search --name ../escape", ["search", "--name", "../escape", *S], ["--name"]),
         ("search --name a/b", ["search", "--name", "a/b", *S], ["--name"]),
@@ -323,6 +415,23 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("resume a log with a corrupt interior line", ["resume", "torn-inside", *S], ["evaluations.jsonl", "line 2"]),
         ("resume a corrupt search.json", ["resume", "badspec", *S], ["search.json", "invalid JSON"]),
         ("resume a search.json that is a list", ["resume", "listspec", *S], ["search.json", "not an object"]),
+        ("resume a crafted pack checkpoint", ["resume", "crafted", *S], ["state.pt", "refused", "nothing in it was run"]),
+        ("train-dpo --resume a crafted checkpoint", ["train-dpo", "--out", "{W}/out/dpocrafted", "--resume"],
+         ["state.pt", "refused"]),
+        ("train-pu --resume a crafted checkpoint", ["train-pu", "--workers", "1", "--run-dir", "{W}/out/pucrafted",
+                                                    "--resume"], ["state.pt", "refused"]),
+        ("resume an edited order", ["resume", "edited-order", *S], ["search.json", "field 'order'", "started with 2"]),
+        ("resume an edited fitness", ["resume", "edited-fitness", *S], ["search.json", "field 'fitness'"]),
+        ("resume an edited --train", ["resume", "edited-train", *S], ["search.json", "field 'train'"]),
+        ("resume edited epochs", ["resume", "edited-epochs", *S], ["search.json", "field 'epochs'"]),
+        ("resume a budget below what is evaluated", ["resume", "shrunk-budget", *S],
+         ["search.json", "field 'budget'", "only grow"]),
+        ("resume a search.json order that is not a number", ["resume", "typed-order", *S],
+         ["search.json", "field 'order'", "'x'"]),
+        ("resume a search.json budget that is a string", ["resume", "typed-budget", *S], ["search.json", "field 'budget'"]),
+        ("resume a search.json train that is not a list", ["resume", "typed-train", *S], ["search.json", "field 'train'"]),
+        ("resume an edited order (log without a start record)", ["resume", "old-log-order", *S],
+         ["search.json", "field 'order'", "22"]),
         ("report a search that never ran", ["report", "never", *S], ["never", "search.json"]),
         ("report ../escape", ["report", "../escape", *S], ["--name"]),
         # a run folder is appended to in place: a URI is refused before any work, not written to ./s3:/
@@ -366,6 +475,8 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
          ["notype", "model_type"]),
         ("train-dpo --loss kto", ["train-dpo", "--loss", "kto", "--out", "{W}/out/d1"], ["unknown loss 'kto'"]),
         ("train-dpo --loss a JSON list", ["train-dpo", "--loss", "{W}/losses/list.json", "--out", "{W}/out/d1"], ["list.json"]),
+        ("train-dpo --loss a string coefficient", ["train-dpo", "--loss", "{W}/losses/prefstr.json", "--out", "{W}/out/d1"],
+         ["prefstr.json", "must be a number"]),
         ("train-dpo --beta 0", ["train-dpo", "--beta", "0", "--out", "{W}/out/d1"], ["--beta"]),
         ("train-dpo --epochs 0", ["train-dpo", "--epochs", "0", "--out", "{W}/out/d1"], ["--epochs"]),
         ("train-dpo --lr -1", ["train-dpo", "--lr", "-1", "--out", "{W}/out/d1"], ["--lr"]),
@@ -398,6 +509,8 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
                                            "--out", "{W}/out/s.parquet"], ["torn"]),
         ("score-pairs a damaged head", ["score-pairs", "--model", "{W}/scorers/badhead", "--data", "{W}/pairs/good.jsonl",
                                         "--out", "{W}/out/s.parquet"], ["head.pt"]),
+        ("score-pairs a crafted head", ["score-pairs", "--model", "{W}/scorers/craftedhead", "--data", "{W}/pairs/good.jsonl",
+                                        "--out", "{W}/out/s.parquet"], ["head.pt", "refused"]),
         ("score-pairs bad pairs", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/half.jsonl",
                                    "--out", "{W}/out/s.parquet"], ["half.jsonl", "'rejected'"]),
         ("score-pairs missing data", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/nowhere.jsonl",
@@ -467,15 +580,14 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, argv, words, wor
     before = _snapshot(world["root"])
     try:
         code = main([_fill(a, world) for a in argv])
-    except SystemExit as stop:  # argparse's own errors: usage, then one error line, exit 2
+    except SystemExit as stop:  # argparse's own errors: one error line, exit 2
         code = stop.code
     err = capsys.readouterr().err
     assert code == 2, (case, err)
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("lossforge: warning")]
     assert "error:" in lines[-1], err
-    if not lines[0].startswith("usage:"):
-        assert len(lines) == 1, err  # ours: exactly one line
+    assert len(lines) == 1, err  # exactly one line, argparse's errors too (#21: no usage block)
     for word in words:
         assert _fill(word, world) in err, (case, word, err)
     assert _snapshot(world["root"]) == before, f"{case}: a file was created or changed"
@@ -502,3 +614,19 @@ def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tm
     monkeypatch.setattr(search.report, "write_report", lost_file)
     with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
         main(["report", "s", "--storage", str(tmp_path)])
+
+
+def test_the_crafted_checkpoint_is_a_real_payload_that_lossforge_never_runs(tmp_path):
+    """The corpus's tampered checkpoints are live: unpickled the old way they run their payload;
+    lossforge's loader refuses them in one line and runs nothing."""
+    import torch
+
+    from trainers.checkpoints import load_state
+    from trainers.errors import DataError
+
+    path = _crafted_state(tmp_path / "state.pt", tmp_path)
+    with pytest.raises(DataError, match="refused") as refused:
+        load_state(path)
+    assert "\n" not in str(refused.value) and not (tmp_path / "pwned").exists()
+    torch.load(path, weights_only=False)  # what loop.py, train_job.py and train_pu_job.py did before #21
+    assert (tmp_path / "pwned").exists()

@@ -1,6 +1,5 @@
 """The PU search pack, in-process: folds, paired controls, successive halving, re-evaluation
 streams, rejection and exact resume -- the mechanisms behind an honest fitness."""
-import io
 from dataclasses import replace
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from conftest import write_embeddings
 
 from trainers.boundary import DIVERGED_FITNESS
+from trainers.checkpoints import load_state, save_state
 from trainers.config import PUConfig
 from trainers.data.pu import PUData, split_entropy
 from trainers.data.synthetic import SyntheticSpec, synthetic_pu_problem
@@ -123,19 +123,18 @@ def test_a_selector_that_cannot_rank_is_rejected_before_training(plan):
     assert state.results[1].status == "ok"
 
 
-def test_a_pack_resumed_from_its_checkpoint_ends_exactly_where_an_uninterrupted_one_does(plan):
+def test_a_pack_resumed_from_its_checkpoint_ends_exactly_where_an_uninterrupted_one_does(plan, tmp_path):
     candidates = random_candidates(4, seed=1)
     whole = run_pack(plan, 1, candidates)
     saved = []
 
-    def checkpoint(state, rungs):  # what the Ray loop does: torch.save, later torch.load
+    def checkpoint(state, rungs):  # what the Ray loop does: save_state, later load_state (weights only)
         if state.rung == 1:
-            buffer = io.BytesIO()
-            torch.save({"pack_state": state}, buffer)
-            saved.append(buffer.getvalue())
+            save_state({"pack_state": state.to_dict()}, tmp_path / f"state-{len(saved)}.pt")
+            saved.append(tmp_path / f"state-{len(saved)}.pt")
 
     run_pack(plan, 1, candidates, on_rung=checkpoint)
-    resumed = run_pack(plan, 1, candidates, state=torch.load(io.BytesIO(saved[0]), weights_only=False)["pack_state"])
+    resumed = run_pack(plan, 1, candidates, state=PackState.from_dict(load_state(saved[0])["pack_state"]))
     assert {i: r.fitness for i, r in resumed.results.items()} == {i: r.fitness for i, r in whole.results.items()}
 
 
@@ -156,12 +155,12 @@ def test_a_repeated_pack_resumes_its_checkpoint_only_when_it_holds_those_candida
     from trainers.loop import _pack_state
 
     results = {i: CandidateResult(i, 0.1 * i, "ok") for i in range(3)}
-    finished = {"pack_state": PackState(rung=2, alive=[], results=dict(results))}
-    assert _pack_state(finished, [0, 1, 2]) is finished["pack_state"]
+    finished = {"pack_state": PackState(rung=2, alive=[], results=dict(results)).to_dict()}
+    assert _pack_state(finished, [0, 1, 2]) == PackState(rung=2, alive=[], results=dict(results))
     again = _pack_state(finished, [2])
     assert again.finished and list(again.results) == [2] and again.results[2].fitness == pytest.approx(0.2)
-    midway = {"pack_state": PackState(rung=1, alive=[1, 2], results={0: results[0]})}
-    assert _pack_state(midway, [0, 1, 2]) is midway["pack_state"]
+    midway = {"pack_state": PackState(rung=1, alive=[1, 2], results={0: results[0]}).to_dict()}
+    assert _pack_state(midway, [0, 1, 2]) == PackState(rung=1, alive=[1, 2], results={0: results[0]})
     assert _pack_state(midway, [2]) is None  # other members' populations: start fresh
     assert _pack_state(None, [2]) is None
 

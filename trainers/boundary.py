@@ -28,6 +28,9 @@ class CandidateResult:
     status: str  # ok | diverged | rejected | error
     details: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=float))  # plain values (a checkpoint is data)
+
     @classmethod
     def from_dict(cls, d: dict) -> "CandidateResult":
         return cls(int(d["id"]), float(d["fitness"]), str(d["status"]), dict(d.get("details") or {}))

@@ -23,9 +23,8 @@ import torch
 import torch.distributed as dist
 
 from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackJob, PackReport, PUTrainJob
+from trainers.checkpoints import STATE_FILE, load_state, save_state
 from trainers.pu_pack import PackState, run_pack
-
-STATE_FILE = "state.pt"
 
 
 # -- shared by every loop ---------------------------------------------------------------------------
@@ -78,7 +77,7 @@ def report(metrics: dict, rank: int, state: dict | None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0 and state is not None:
-            torch.save(state, os.path.join(folder, STATE_FILE))
+            save_state(state, os.path.join(folder, STATE_FILE))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -89,7 +88,7 @@ def restore() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+        return load_state(os.path.join(folder, STATE_FILE))
 
 
 # -- PU search packs ----------------------------------------------------------------------------------
@@ -101,7 +100,7 @@ def _pack_state(saved: dict | None, ids: list[int]) -> PackState | None:
     state holding just their results. Anything else starts fresh."""
     if saved is None:
         return None
-    state: PackState = saved["pack_state"]
+    state = PackState.from_dict(saved["pack_state"])
     known = set(state.results) | set(state.alive)
     if known == set(ids):
         return state
@@ -124,7 +123,7 @@ def pu_pack_worker_loop(config: dict) -> None:
             results=[state.results[i] for i in ids if i in state.results], progress=state.rung, total=rungs,
             finished=state.finished, alive=len(state.alive), resumed_from=resumed_from,
             train_seconds=time.perf_counter() - train_started, worker_seconds=time.perf_counter() - started)
-        report(pack_report.to_dict(), rank, {"pack_state": state})
+        report(pack_report.to_dict(), rank, {"pack_state": state.to_dict()})
 
     if state is not None and state.finished:
         on_rung(state, len(job.plan.rungs))  # its results were lost on the way: say them again
@@ -316,7 +315,7 @@ def dpo_pack_worker_loop(config: dict) -> None:
     rank, world, device = worker_context()
     cfg, prep = _dpo_prepare(job.plan.dpo, job.plan.train, device)
     initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
-    done: dict[int, CandidateResult] = (restore() or {}).get("done", {})
+    done = {int(i): CandidateResult.from_dict(r) for i, r in (restore() or {}).get("done", {}).items()}
     pending = [c for c in job.candidates if c["id"] not in done]
     train_seconds = 0.0
 
@@ -325,7 +324,7 @@ def dpo_pack_worker_loop(config: dict) -> None:
         pack_report = PackReport(results, len(results), len(job.candidates), finished, len(job.candidates) - len(results),
                                  train_seconds=train_seconds, worker_seconds=time.perf_counter() - started,
                                  unit="candidate")
-        report(pack_report.to_dict(), rank, {"done": done})
+        report(pack_report.to_dict(), rank, {"done": {i: r.to_dict() for i, r in done.items()}})
 
     if not pending:  # restarted after its last candidate: say so once more
         say(True)

@@ -207,7 +207,7 @@ class Population:
             r.bit_generator.state = s
         self.alive = state["alive"].to(self.alive.device)
         self.epoch = int(state["epoch"])
-        self.best_fitness, self.best_epoch = state["best_fitness"], state["best_epoch"]
+        self.best_fitness, self.best_epoch = np.asarray(state["best_fitness"], float), np.asarray(state["best_epoch"], int)
         self.best_selector = [t.to(self.alive.device) for t in state["best_selector"]]
 
 

@@ -193,6 +193,16 @@ class PackState:
     def finished(self) -> bool:
         return not self.alive
 
+    def to_dict(self) -> dict:
+        """Tensors and plain values only: checkpoints are read with ``weights_only=True``."""
+        return {"rung": self.rung, "alive": list(self.alive), "results": {i: r.to_dict() for i, r in self.results.items()},
+                "scales": self.scales, "populations": self.populations}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PackState":
+        return cls(int(d["rung"]), list(d["alive"]), {int(i): CandidateResult.from_dict(r) for i, r in d["results"].items()},
+                   d.get("scales"), d.get("populations"))
+
 
 RungHook = Callable[[PackState, int], None]  # (state after the rung, rungs in all)
 

@@ -78,8 +78,8 @@ def load_search(folder: str | Path) -> tuple[Task, SearchOptions]:
 
     if not (Path(folder) / SPEC_FILE).is_file():
         raise UsageError(f"{folder} is not a lossforge search (no {SPEC_FILE})")
-    spec = RunFolder(Path(folder), SPEC_FILE, "").load_spec()
-    opts = SearchOptions.from_dict(spec)
-    task = get_task(opts.task)
-    opts.task_options = task.options_class(**(opts.task_options or {}))
-    return task, opts
+    from search.resume import options_from_spec
+
+    run = RunFolder(Path(folder), SPEC_FILE, "")
+    opts = options_from_spec(run.load_spec(), run.spec_path, lambda name: get_task(name).options_class)
+    return get_task(opts.task), opts

@@ -233,6 +233,16 @@ def folder_is_empty(location: str | Path) -> bool:
         raise storage_error(str(location), err) from None
 
 
+def clear_folder(location: str | Path) -> None:
+    """Delete everything inside a folder (or under a URI prefix); an absent one is left absent."""
+    fs, path = filesystem_for(location)
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir_contents(path)
+    except (pa.ArrowException, OSError) as err:
+        raise storage_error(str(location), err, "delete") from None
+
+
 def delete_file(location: str | Path) -> None:
     fs, path = filesystem_for(location)
     try:

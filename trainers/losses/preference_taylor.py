@@ -22,6 +22,7 @@ import torch
 
 from trainers.errors import UsageError
 from trainers.files import load_object, write_json
+from trainers.losses.taylor import check_coefficient
 
 FAMILY = "preference-taylor"
 FORMAT_VERSION = 1
@@ -104,7 +105,7 @@ class PreferenceTaylorLoss:
         unknown = set(given) - {f"s^{k}" for k in range(1, order + 1)}
         if unknown:
             raise ValueError(f"terms {sorted(unknown)} are not in the order-{order} family (s^1 .. s^{order})")
-        return cls(order, [float(given.get(f"s^{k}", 0.0)) for k in range(1, order + 1)],
+        return cls(order, [check_coefficient(given.get(f"s^{k}", 0.0), "preference", f"s^{k}") for k in range(1, order + 1)],
                    float(spec.get("center", 0.5)), spec.get("name", FAMILY))
 
     def save(self, path: str | Path) -> None:

@@ -219,7 +219,7 @@ class TaylorLoss:
             center = [center[v] for v in VARIABLES]
         coefficients = []
         for player in PLAYERS:
-            given = {parse_term(k): float(w) for k, w in spec.get(player, {}).items()}
+            given = {parse_term(k): check_coefficient(w, player, k) for k, w in spec.get(player, {}).items()}
             allowed = exponents(order, player)
             unknown = set(given) - set(allowed)
             if unknown:
@@ -228,6 +228,8 @@ class TaylorLoss:
                     "(too high a degree, or no variable of that player)"
                 )
             coefficients += [given.get(e, 0.0) for e in allowed]  # omitted terms are zero
+            if player == "selector" and not any(given.values()):
+                raise ValueError("selector: no non-zero term, so the selector would never learn")
         return cls(order=order, coefficients=coefficients, center=tuple(center), name=spec.get("name", "taylor"))
 
     def save(self, path: str | Path) -> None:
@@ -273,3 +275,16 @@ class TaylorLoss:
             for e in exponents(order, player):
                 coefficients.append(float(derivative(e).detach()) / math.prod(math.factorial(k) for k in e))
         return cls(order=order, coefficients=coefficients, center=tuple(float(c) for c in center), name=name)
+
+
+# A search's coefficients lie within +-10 (search.space); far larger ones only overflow in training.
+MAX_COEFFICIENT = 1e6
+
+
+def check_coefficient(value, player: str, term: str) -> float:
+    """A loss file's coefficient: a JSON number (not a string, not a boolean), finite and in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{player} term {term!r}: the coefficient must be a number, got {value!r}")
+    if not math.isfinite(value) or abs(value) > MAX_COEFFICIENT:
+        raise ValueError(f"{player} term {term!r}: the coefficient {value!r} is out of range (|w| <= {MAX_COEFFICIENT:g})")
+    return float(value)

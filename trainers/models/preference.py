@@ -14,7 +14,6 @@ are truncated, never dropped; the count is reported.
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,9 +249,12 @@ def load_scoring_model(folder: str | Path) -> tuple[nn.Module, object, dict]:
     backbone, tokenizer = load_backbone(folder, meta["mode"])
     model = build_scoring_model(meta["mode"], backbone)
     if isinstance(model, EncoderScorer):
+        from trainers.checkpoints import load_state
+
+        head = load_state(folder / HEAD_FILE, "scorer head")
         try:
-            model.head.load_state_dict(torch.load(folder / HEAD_FILE, map_location="cpu"))
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            model.head.load_state_dict(head)
+        except (RuntimeError, TypeError, AttributeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DataError(folder / HEAD_FILE, f"cannot load the scorer's head (damaged or not a torch file): {first}") from None
+            raise DataError(folder / HEAD_FILE, f"cannot load the scorer's head (not this scorer's weights): {first}") from None
     return model, tokenizer, meta

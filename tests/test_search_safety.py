@@ -1,0 +1,179 @@
+"""What happens around a search (#21), in seconds and without Ray: where a resumed folder is,
+one writer per folder (OS lock and lease), duplicate tells in a report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search import lock as locks
+from search.cli import main
+from search.evaluations import EvaluationLog
+from search.options import SearchOptions
+from search.resume import record_start
+from search.options import with_task_defaults
+from search.tasks import TASKS
+from trainers.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _started_search(storage: Path, name: str, asked: int = 2, told: int = 2) -> Path:
+    """A search folder as the driver leaves it: search.json (with the old absolute storage path a
+    search wrote before #21), the start record, ``asked`` asks and ``told`` tells."""
+    opts = with_task_defaults(TASKS["pu"], SearchOptions(name=name, storage=str(storage.resolve()), budget=4))
+    folder = storage / name
+    folder.mkdir(parents=True)
+    (folder / "search.json").write_text(json.dumps(opts.to_dict()))
+    log = EvaluationLog(folder)
+    record_start(log, opts)
+    for i in range(asked):
+        log.append(event="ask", id=i, pack=i // 2, vector=[0.1 * i] * 22, source="optimizer")
+    for i in range(told):
+        log.append(event="tell", id=i, pack=i // 2, fitness=0.1 * i, status="ok", details={})
+    return folder
+
+
+def test_a_copied_folder_resumes_where_it_lies_not_where_search_json_says(tmp_path, monkeypatch):
+    from search.tuner import prepare_search
+
+    original = _started_search(tmp_path / "st", "sig1")
+    shutil.copytree(original, tmp_path / "st2" / "sig1")
+    before = {p.name: p.read_bytes() for p in original.iterdir()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a relative --storage is the caller's, as for any path
+    try:
+        opts, _ = prepare_search(SearchOptions(name="sig1", storage="../st2"), resume=True)
+    finally:
+        locks.release_all()
+    assert opts.folder() == (tmp_path / "st2" / "sig1").resolve() and opts.storage == "../st2"
+    assert {p.name: p.read_bytes() for p in original.iterdir()} == before, "the original folder is not touched"
+
+
+def test_a_new_search_json_holds_no_storage_path(tmp_path):
+    from search.tuner import prepare_search
+
+    try:
+        opts, _ = prepare_search(SearchOptions(name="n", storage=str(tmp_path), budget=2), resume=False)
+    finally:
+        locks.release_all()
+    spec = json.loads((tmp_path / "n" / "search.json").read_text())
+    assert "storage" not in spec and str(tmp_path) not in json.dumps(spec)
+    start = EvaluationLog(tmp_path / "n").events()[0]
+    assert start["event"] == "start" and start["fixed"]["order"] == 2 and start["budget"] == 2
+
+
+def _holder(folder: Path, lease: bool = False) -> subprocess.Popen:
+    """Another process that takes the folder's lock and keeps it until killed."""
+    code = (f"import sys, time; sys.argv = ['lossforge', 'resume', 'held']; from search.lock import RunLock; "
+            f"RunLock({str(folder)!r}, lease={lease}).acquire(); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holders_lock_is_taken_over(tmp_path, capsys):
+    folder = _started_search(tmp_path, "busy")
+    log_before = (folder / "evaluations.jsonl").read_bytes()
+    holder = _holder(folder)
+    try:
+        assert main(["resume", "busy", "--storage", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "in use by" in err[0] and f"pid {holder.pid}" in err[0] and "lossforge resume held" in err[0]
+        assert main(["search", "--name", "busy", "--storage", str(tmp_path), "--resume"]) == 2
+        assert "in use by" in capsys.readouterr().err
+        assert (folder / "evaluations.jsonl").read_bytes() == log_before, "nothing written by the refused command"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = locks.RunLock(folder).acquire()  # the kernel dropped the dead holder's lock: taken over
+    lock.release()
+
+
+def test_a_lease_refuses_while_fresh_and_is_taken_over_once_expired(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks, "SETTLE_SECONDS", 0.05)
+    holder = _holder(tmp_path, lease=True)
+    try:
+        lease = json.loads((tmp_path / locks.LEASE_FILE).read_text())
+        assert {"owner", "pid", "host", "command", "since", "heartbeat", "expires"} <= lease.keys()
+        with pytest.raises(UsageError, match=f"in use by .*pid {holder.pid}"):
+            locks.RunLock(tmp_path, lease=True).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with pytest.raises(UsageError):  # killed, but its lease has not expired yet
+        locks.RunLock(tmp_path, lease=True).acquire()
+    lease["expires"] = time.time() - 1
+    (tmp_path / locks.LEASE_FILE).write_text(json.dumps(lease))
+    taker = locks.RunLock(tmp_path, lease=True).acquire()
+    assert json.loads((tmp_path / locks.LEASE_FILE).read_text())["pid"] == os.getpid()
+    taker.release()
+    assert not (tmp_path / locks.LEASE_FILE).exists()
+
+
+def test_report_warns_when_a_log_holds_duplicate_tells(tmp_path, capsys):
+    folder = _started_search(tmp_path, "dup")
+    log = EvaluationLog(folder)
+    for i in range(2):  # what two resumes at once left before #21: ids 0-1 told twice
+        log.append(event="tell", id=i, pack=0, fitness=0.5, status="ok", details={})
+    assert main(["report", "dup", "--storage", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "told more than once" in err and "0, 1" in err
+    log.path.write_text("".join(line + "\n" for line in log.path.read_text().splitlines()[:-2]))
+    assert main(["report", "dup", "--storage", str(tmp_path)]) == 0
+    assert "told more than once" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_stops_a_command_with_130_or_143_one_line_and_no_output(tmp_path, sig, code):
+    """The CLI's own handlers (not Python's default, not Ray's exit-15 SIGTERM handler)."""
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "train-pu", "--epochs", "400", "--out", str(out)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    try:
+        while "epoch 1/" not in proc.stdout.readline():  # training has started
+            assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"interrupted ({signal.Signals(sig).name})" in lines[0] and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_reevaluation_is_kept_only_while_the_log_holds_what_it_saw():
+    from search.reevaluation import _still_current
+
+    chosen = [{"id": -1, "search_fitness": None}, {"id": 3, "search_fitness": 0.5}, {"id": 8, "search_fitness": None}]
+    assert _still_current({"log_told": 8, "rows": []}, 8, chosen)
+    assert not _still_current({"log_told": 4, "rows": []}, 8, chosen), "a resume added evaluations: redo"
+    before_21 = {"rows": [{"id": -1, "search_fitness": None}, {"id": 3, "search_fitness": 0.5}]}
+    assert _still_current(before_21, 8, chosen), "an older record of the same elites is kept"
+    assert not _still_current({"rows": [{"id": 1, "search_fitness": 0.4}]}, 8, chosen)
+
+
+def test_save_with_overwrite_replaces_the_folder_instead_of_merging(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "stale.txt").write_text("from an earlier run")
+    assert main(["train-pu", "--epochs", "1", "--save", str(model), "--overwrite"]) == 0
+    assert sorted(p.name for p in model.iterdir()) == ["classifier.json", "model.safetensors"]
+
+
+def test_a_resume_checks_the_checkpoints_it_will_load_not_every_finished_packs(tmp_path):
+    from search.resume import resumed_runs
+
+    folder = _started_search(tmp_path, "s", asked=4, told=2)  # pack 0 told, pack 1 owed
+    (folder / "train" / "reevaluation-4").mkdir(parents=True)
+    assert resumed_runs(folder) == [folder / "train" / "pack-00001", folder / "train" / "reevaluation-4"]
