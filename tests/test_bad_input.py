@@ -117,10 +117,11 @@ def _search_folder(root: Path, name: str, edit: dict | None = None) -> Path:
 
     folder = root / name
     folder.mkdir(parents=True)
-    spec = SearchOptions(name=name, storage=str(root), budget=2).to_dict()
+    opts = with_task_defaults(TASKS["pu"], SearchOptions(name=name, storage=str(root), budget=2, task="pu"))
+    spec = opts.to_dict()
     log = EvaluationLog(folder)
     if edit is not None:
-        record_start(log, with_task_defaults(TASKS["pu"], SearchOptions.from_dict(spec)))
+        record_start(log, opts)
         for key, value in edit.items():
             owner = spec["task_options"] if key in spec["task_options"] else spec
             owner[key] = value

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def load_benchmark(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a script's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

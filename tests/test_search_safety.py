@@ -50,7 +50,9 @@ def test_a_copied_folder_resumes_where_it_lies_not_where_search_json_says(tmp_pa
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # a relative --storage is the caller's, as for any path
     try:
-        opts, _ = prepare_search(SearchOptions(name="sig1", storage="../st2"), resume=True)
+        from search.cli import resumed_search
+
+        opts, _ = prepare_search(*resumed_search("sig1", "../st2", None), resume=True)
     finally:
         locks.release_all()
     assert opts.folder() == (tmp_path / "st2" / "sig1").resolve() and opts.storage == "../st2"
@@ -61,7 +63,7 @@ def test_a_new_search_json_holds_no_storage_path(tmp_path):
     from search.tuner import prepare_search
 
     try:
-        opts, _ = prepare_search(SearchOptions(name="n", storage=str(tmp_path), budget=2), resume=False)
+        opts, _ = prepare_search(TASKS["pu"], SearchOptions(name="n", storage=str(tmp_path), budget=2), resume=False)
     finally:
         locks.release_all()
     spec = json.loads((tmp_path / "n" / "search.json").read_text())
