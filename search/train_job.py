@@ -54,7 +54,6 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     """Train (or resume) a preference classifier as a Ray Train job, save its scorer, score the test pairs."""
     from search.background import every
     from search.driver import RunFolder, start_ray, start_run, train_job
-    from trainers.loop import dpo_worker_loop
 
     started = time.perf_counter()
     folder = RunFolder(Path(out).expanduser().resolve(), SPEC_FILE, "the same command with --resume")
@@ -66,7 +65,7 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     used = len(train_pairs) if cfg.max_pairs is None else min(cfg.max_pairs, len(train_pairs))
     log(f"train-dpo: {used} of {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
         f"{scaling.workers} worker(s) -> {folder.path}")
-    trainer = train_job(dpo_worker_loop, {"dpo": cfg, "train": spec["train"]}, scaling, RUN_NAME,
+    trainer = train_job(worker_loop(cfg.mode), {"dpo": cfg, "train": spec["train"]}, scaling, RUN_NAME,
                         str(folder.path / "ray"), keep=1, callbacks=[ReportFile(folder.path / PROGRESS_FILE)])
     with every(0.5, _progress_printer(folder.path / PROGRESS_FILE, cfg.epochs, log)):
         result = trainer.fit()
@@ -76,7 +75,7 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
         state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
     if state["best_state"] is None:
         raise RuntimeError("training diverged in every epoch: no scorer to save (try a lower --lr)")
-    save_scorer(folder.path / "scorer", cfg, state["best_state"], cfg.loss)
+    save_trained_scorer(folder.path / "scorer", cfg, state["best_state"])
     metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": scaling.workers,
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),
                "history": state["history"], "best_val_agreement": state["best_agreement"],
@@ -87,6 +86,25 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     write_json(folder.path / "metrics.json", metrics)
     log(f"scorer saved to {folder.path / 'scorer'}; metrics in {folder.path / 'metrics.json'}")
     return metrics
+
+
+def worker_loop(mode: str):
+    """The Ray Train loop of a preference mode: pair mode caches and checkpoints inside epochs."""
+    from trainers.loop import dpo_worker_loop, pair_worker_loop
+
+    return pair_worker_loop if mode == "pair" else dpo_worker_loop
+
+
+def save_trained_scorer(folder: Path, cfg: DPOConfig, best_state: dict) -> None:
+    from trainers.dpo import reward_scale
+    from trainers.pair import save_pair_scorer
+
+    if cfg.mode != "pair":
+        save_scorer(folder, cfg, best_state, cfg.loss)
+        return
+    save_pair_scorer(folder, cfg, best_state, {"format_version": 1, "loss": cfg.loss, "beta": cfg.effective_beta,
+                                               "reward_scale": reward_scale(cfg.loss, cfg.effective_beta),
+                                               "base_model": cfg.model or "builtin-tiny"})
 
 
 def _absolute(path: str | None) -> str | None:
@@ -106,11 +124,13 @@ def _dpo_inputs(address: str | None):
         cfg.validate()
         if scaling.workers < 1 or scaling.cpus_per_worker < 0 or scaling.gpus_per_worker < 0:
             raise UsageError("--workers must be >= 1 and --cpus/--gpus-per-worker >= 0")
+        if cfg.mode == "pair" and scaling.workers != 1:
+            raise UsageError("--mode pair trains on one worker (give it threads with --cpus-per-worker)")
         if scaling.gpus_per_worker > 0 and address is None:
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
         if cfg.model is not None:
-            load_backbone(cfg.model, cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
+            load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
         if spec["train"] is None:
             if spec["test"] is not None:
                 raise UsageError("--test needs --train (the built-in default brings its own test split)")
@@ -163,6 +183,13 @@ def _progress_printer(path: Path, epochs: int, log):
     """Prints the epoch lines appended to ``progress.jsonl`` since its last call."""
 
     def line(m: dict) -> str:
+        if m.get("phase") in ("caching", "training"):
+            what = "texts cached" if m["phase"] == "caching" else f"epoch {m['epoch']}/{epochs}: pairs"
+            rate = m.get("texts_per_second", m.get("train_pairs_per_second", 0.0))
+            loss = f"  loss {m['train_loss']:.4f}" if "train_loss" in m else ""
+            return f"  {what} {m['done']}/{m['total']}  {rate:.1f}/s{loss}  ETA {m['eta_seconds'] / 60:.1f} min"
+        if m.get("phase") == "checkpoint":
+            return None
         return (f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
                 f"{m['agreement']:.4f} (length-controlled {m['agreement_lc']:.4f})"
                 + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))
