@@ -187,7 +187,9 @@ def _progress_printer(path: Path, epochs: int, log):
             what = "texts cached" if m["phase"] == "caching" else f"epoch {m['epoch']}/{epochs}: pairs"
             rate = m.get("texts_per_second", m.get("train_pairs_per_second", 0.0))
             loss = f"  loss {m['train_loss']:.4f}" if "train_loss" in m else ""
-            return f"  {what} {m['done']}/{m['total']}  {rate:.1f}/s{loss}  ETA {m['eta_seconds'] / 60:.1f} min"
+            resumed = f"  [resumed at epoch {m['resumed_from_epoch'] + 1} step {m['resumed_from_step']}]" \
+                if m.get("resumed_from_step") else ""
+            return f"  {what} {m['done']}/{m['total']}  {rate:.1f}/s{loss}  ETA {m['eta_seconds'] / 60:.1f} min{resumed}"
         if m.get("phase") == "checkpoint":
             return None
         return (f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "

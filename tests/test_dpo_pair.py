@@ -209,3 +209,37 @@ def test_trained_pair_scorer_learns_and_score_pairs_swaps_exactly(tmp_path, caps
     prep.model.judge.load_state_dict(run.best_state)
     np.testing.assert_allclose(prob_from_logit(pair_logits(prep.model, prep.cache, data, cfg, "cpu")), p, atol=1e-5)
     assert scorer.rank(test.prompt[0], [test.a[0], test.b[0]]) == ([0, 1] if p[0] >= 0.5 else [1, 0])
+
+
+@pytest.mark.slow
+def test_train_dpo_pair_killed_mid_epoch_resumes_and_serves(tmp_path):
+    """The real command on a local Ray cluster: killed after a mid-epoch checkpoint, resumed with
+    ``--resume`` from that step, then the saved scorer swaps exactly."""
+    from raycluster import kill_session, lossforge, wait_for
+
+    out = tmp_path / "run"
+    args = ["train-dpo", "--mode", "pair", "--out", str(out), "--max-pairs", "1500", "--epochs", "1", "--window", "8",
+            "--max-windows", "2", "--top-layers", "1", "--cache-dir", str(tmp_path / "cache"), "--lr", "1e-3",
+            "--checkpoint-minutes", "0.01"]
+    driver = lossforge(*args, cwd=tmp_path, log=tmp_path / "run1.log")
+    try:
+        snapshot = out / "ray" / "train-dpo" / "checkpoint_manager_snapshot.json"
+        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "a checkpoint")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        kill_session(driver.pid)
+    assert not (out / "metrics.json").exists(), (tmp_path / "run1.log").read_text()[-3000:]
+    resumed = lossforge("train-dpo", "--out", str(out), "--resume", cwd=tmp_path, log=tmp_path / "run2.log")
+    try:
+        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+    finally:
+        kill_session(resumed.pid)
+    log = (tmp_path / "run2.log").read_text()
+    assert "[resumed at epoch 1 step" in log, log[-3000:]
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert metrics["history"][-1]["computed"] == 0  # the resumed run read every text from the cache
+    scorer = PreferenceScorer.load(out / "scorer")
+    test = synthetic_pairs(50, seed=5)
+    p = scorer.prob_a_better(test.prompt, test.a, test.b)
+    assert np.array_equal(scorer.prob_a_better(test.prompt, test.b, test.a), 1.0 - p)

@@ -114,7 +114,7 @@ class DPOConfig:
     quantize_lower: bool = opt(True, "pair mode: dynamic int8 for the frozen lower layers (cache and serving)")
     swap: bool = opt(True, "pair mode: swap A/B of a random half of each epoch's pairs")
     cache_batch: int = opt(32, "pair mode: texts per caching batch", cli=False)
-    checkpoint_minutes: float = opt(3.0, "pair mode: a checkpoint and a progress line this often", cli=False)
+    checkpoint_minutes: float = opt(3.0, "pair mode: a checkpoint and a progress line this often while training")
 
     def validate(self) -> None:
         if self.mode not in PREFERENCE_MODES:

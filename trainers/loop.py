@@ -320,21 +320,21 @@ def pair_worker_loop(config: dict) -> None:
     state = restore()
     if state is not None:
         run.load_state_dict(state)
-    resumed_from = run.epoch + run.step / 1e6  # an epoch, or the step inside it, reached before
+    resumed = {"resumed_from_epoch": run.epoch, "resumed_from_step": run.step}
     sizes = {"train_pairs": len(prep.train), "val_pairs": len(prep.val), "epochs": cfg.epochs,
              "truncated_texts": prep.train.truncated_texts + prep.val.truncated_texts, **prep.cache_stats}
 
     def on_epoch(run, record: dict) -> None:
         record["replicas_in_sync"] = replicas_in_sync(list(run.judge.parameters()))
         record.update(sizes)  # the same dict as run.history[-1]: metrics.json keeps it
-        report({**record, **sizes, "phase": "epoch", "best_val_agreement": run.best_agreement,
-                "resumed_from_epoch": resumed_from, "worker_seconds": time.perf_counter() - started}, rank, run.state_dict())
+        report({**record, **resumed, "phase": "epoch", "best_val_agreement": run.best_agreement,
+                "worker_seconds": time.perf_counter() - started}, rank, run.state_dict())
 
     run_pair_epochs(run, prep, resolve_preference_loss(cfg.loss), cfg, device, (rank, world),
                     average_gradients if world > 1 else None,
-                    progress=lambda line: report({**line, "resumed_from_epoch": resumed_from}, rank, None),
+                    progress=lambda line: report({**line, **resumed}, rank, None),
                     checkpoint=lambda run: report({"phase": "checkpoint", "epoch": run.epoch + 1, "step": run.step,
-                                                   "resumed_from_epoch": resumed_from}, rank, run.state_dict()),
+                                                   **resumed}, rank, run.state_dict()),
                     on_epoch=on_epoch)
 
 

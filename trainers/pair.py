@@ -61,9 +61,9 @@ def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel
     if backbone is None:
         backbone, tokenizer = load_full_backbone(cfg)
     lower, top = split_encoder(backbone, cfg.top_layers)
+    key = lower_key(lower, cfg.window, cfg.max_windows, cfg.quantize_lower, cfg.cache_dtype)  # float weights
     if cfg.quantize_lower:
         lower = quantize_lower(lower)
-    key = lower_key(lower, cfg.window, cfg.max_windows, cfg.quantize_lower, cfg.cache_dtype)
     torch.manual_seed(cfg.seed)
     return PairModel(lower, PairJudge(top, backbone.config.hidden_size), tokenizer, key)
 
