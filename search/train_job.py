@@ -80,8 +80,10 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),
                "history": state["history"], "best_val_agreement": state["best_agreement"],
                "train_seconds": sum(h.get("train_seconds", 0.0) for h in state["history"])}
+    last = state["history"][-1] if state["history"] else {}
+    metrics.update({k: last[k] for k in SPEED_KEYS if k in last})
     if test_pairs is not None:
-        metrics.update(test_metrics(folder.path / "scorer", test_pairs, log))
+        metrics.update(test_metrics(folder.path / "scorer", test_pairs, log, train_pairs))
     metrics["seconds"] = time.perf_counter() - started
     write_json(folder.path / "metrics.json", metrics)
     log(f"scorer saved to {folder.path / 'scorer'}; metrics in {folder.path / 'metrics.json'}")
@@ -142,12 +144,28 @@ def _dpo_inputs(address: str | None):
     return read
 
 
-def test_metrics(scorer: Path, test_pairs: PreferencePairs, log) -> dict:
+# Pair mode's speeds, copied from the last epoch into metrics.json's top level.
+SPEED_KEYS = ("train_pairs_per_second", "caching_texts_per_second", "cache_seconds", "computed", "texts",
+              "truncated_texts")
+
+
+def test_metrics(scorer: Path, test_pairs: PreferencePairs, log, train_pairs: PreferencePairs | None = None) -> dict:
+    """The scorer on the test pairs (from raw text), next to "the longer answer wins" and, with
+    the training pairs, the length + format logistic regression fitted on them."""
+    from transformers import AutoTokenizer
+
+    from trainers.pair import length_format_rule
+
     out = {"test": score(scorer, test_pairs), "test_length_heuristic": length_heuristic(test_pairs)}
-    t = out["test"]
-    log(f"test: agreement {t['agreement']:.4f} (length-controlled {t['agreement_lc']:.4f} on {t['pairs_lc']} pairs)"
-        f", the longer answer wins {out['test_length_heuristic']['agreement']:.4f}; "
-        f"scoring {t['pairs_per_second']:.0f} pairs/s")
+    if train_pairs is not None:
+        tokenizer = AutoTokenizer.from_pretrained(scorer, local_files_only=True)
+        out["test_length_format_rule"] = length_format_rule(train_pairs, test_pairs, tokenizer)
+    t, rules = out["test"], [("the longer answer wins", out["test_length_heuristic"])]
+    if "test_length_format_rule" in out:
+        rules.append(("length + format rule", out["test_length_format_rule"]))
+    log(f"test: agreement {t['agreement']:.4f} (length-controlled {t['agreement_lc']:.4f} on {t['pairs_lc']} pairs); "
+        + "; ".join(f"{name} {r['agreement']:.4f} ({r['agreement_lc']:.4f})" for name, r in rules)
+        + f"; scoring {t['pairs_per_second']:.1f} pairs/s from raw text")
     return out
 
 

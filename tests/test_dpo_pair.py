@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_cfg(tmp_path, **kw) -> DPOConfig:
     base = dict(mode="pair", top_layers=1, window=6, max_windows=2, cache_dir=str(tmp_path / "cache"),
-                cache_dtype="float32", quantize_lower=False, max_pairs=300, epochs=1, lr=1e-3, batch_size=8)
+                cache_dtype="float32", quantize_lower=False, bf16=False, max_pairs=300, epochs=1, lr=1e-3, batch_size=8)
     return DPOConfig(**{**base, **kw})
 
 
@@ -183,7 +183,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
 
 
 def test_trained_pair_scorer_learns_and_score_pairs_swaps_exactly(tmp_path, capsys):
-    cfg = tiny_cfg(tmp_path, epochs=3, max_pairs=1500, lr=2e-3)
+    cfg = tiny_cfg(tmp_path, epochs=3, max_pairs=1500, lr=2e-3, bf16=True)  # as served: bfloat16 top layers
     prep = prepare_pair(cfg, synthetic_pairs(1500), "cpu")
     run = PairRun.start(prep.model.judge, cfg)
     run_pair_epochs(run, prep, resolve_preference_loss(cfg.loss), cfg, "cpu")
@@ -207,7 +207,7 @@ def test_trained_pair_scorer_learns_and_score_pairs_swaps_exactly(tmp_path, caps
     # Serving from raw text agrees with the training-side (cached) scores.
     data = PairTexts.build(test, prep.model.tokenizer, cfg)
     prep.model.judge.load_state_dict(run.best_state)
-    np.testing.assert_allclose(prob_from_logit(pair_logits(prep.model, prep.cache, data, cfg, "cpu")), p, atol=1e-5)
+    np.testing.assert_allclose(prob_from_logit(pair_logits(prep.model, prep.cache, data, cfg, "cpu")), p, atol=2e-2)
     assert scorer.rank(test.prompt[0], [test.a[0], test.b[0]]) == ([0, 1] if p[0] >= 0.5 else [1, 0])
 
 

@@ -65,7 +65,7 @@ def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel
     if cfg.quantize_lower:
         lower = quantize_lower(lower)
     torch.manual_seed(cfg.seed)
-    return PairModel(lower, PairJudge(top, backbone.config.hidden_size), tokenizer, key)
+    return PairModel(lower, PairJudge(top, backbone.config.hidden_size, bf16=cfg.bf16), tokenizer, key)
 
 
 # -- the texts of a set of pairs -----------------------------------------------------------------------
@@ -90,7 +90,7 @@ class PairTexts:
     def build(cls, pairs: PreferencePairs, tokenizer, cfg: DPOConfig) -> "PairTexts":
         texts = sorted(set(pairs.a) | set(pairs.b))  # sorted: the same set gives the same order
         where = {t: i for i, t in enumerate(texts)}
-        counts = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]], dtype=np.int64)
+        counts = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]], dtype=np.int64)
         return cls(texts, torch.tensor([where[t] for t in pairs.a]), torch.tensor([where[t] for t in pairs.b]),
                    torch.as_tensor(pairs.p, dtype=torch.float32), pairs.length_controlled(),
                    torch.as_tensor(side_features(texts, counts)), truncated_count(counts, cfg.window, cfg.max_windows))
@@ -398,7 +398,7 @@ def save_pair_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta:
     tokenizer.save_pretrained(folder)
     torch.save({k: v for k, v in best_state.items() if not k.startswith("top.")}, folder / JUDGE_FILE)
     write_json(folder / "scorer.json", {**meta, "mode": "pair", "top_layers": cfg.top_layers, "window": cfg.window,
-                                        "max_windows": cfg.max_windows, "quantize_lower": cfg.quantize_lower,
+                                        "max_windows": cfg.max_windows, "quantize_lower": cfg.quantize_lower, "bf16": cfg.bf16,
                                         "max_length": cfg.window * cfg.max_windows, "max_prompt_length": 0})
 
 
@@ -407,7 +407,8 @@ def load_pair_model(folder: str | Path, meta: dict) -> tuple[PairModel, DPOConfi
 
     folder = Path(folder)
     cfg = DPOConfig(mode="pair", model=str(folder), top_layers=int(meta["top_layers"]), window=int(meta["window"]),
-                    max_windows=int(meta["max_windows"]), quantize_lower=bool(meta["quantize_lower"]))
+                    max_windows=int(meta["max_windows"]), quantize_lower=bool(meta["quantize_lower"]),
+                    bf16=bool(meta.get("bf16", False)))
     backbone, tokenizer = load_backbone(folder, "encoder")
     model = build_pair_model(cfg, backbone, tokenizer)
     try:
@@ -418,3 +419,32 @@ def load_pair_model(folder: str | Path, meta: dict) -> tuple[PairModel, DPOConfi
         raise DataError(folder / JUDGE_FILE, f"cannot load the pair judge (damaged or not a torch file): {first}") from None
     model.judge.eval()
     return model, cfg
+
+
+# -- the rule to beat -----------------------------------------------------------------------------------
+
+
+def length_format_rule(train: PreferencePairs, test: PreferencePairs, tokenizer, l2: float = 1e-3) -> dict:
+    """The baseline beside "the longer answer wins": a logistic regression, fitted on the
+    training pairs, over the differences of the side features (length in tokens and characters,
+    list items, newlines, code blocks, headers). No bias: swapping the answers flips it."""
+    def differences(pairs: PreferencePairs) -> torch.Tensor:
+        texts = list(pairs.a) + list(pairs.b)
+        counts = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]])
+        f = side_features(texts, counts)
+        return torch.as_tensor(f[:len(pairs)] - f[len(pairs):], dtype=torch.float64)
+
+    x, p = differences(train), torch.as_tensor(train.p, dtype=torch.float64)
+    scale = x.std(0).clamp_min(1e-6)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits((x / scale) @ w, p) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    logit = ((differences(test) / scale) @ w).detach().numpy()
+    return preference_metrics(prob_from_logit(logit), test.p, test.length_controlled())

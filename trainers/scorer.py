@@ -135,7 +135,7 @@ class PairScorer:
         if not outputs_a:
             return np.zeros(0)
         h = self.answer_states(list(outputs_a) + list(outputs_b))
-        counts = [len(ids) for ids in self.model.tokenizer(list(outputs_a) + list(outputs_b), add_special_tokens=False)["input_ids"]]
+        counts = [len(ids) for ids in self.model.tokenizer(list(outputs_a) + list(outputs_b), add_special_tokens=False, verbose=False)["input_ids"]]
         features = torch.as_tensor(side_features(list(outputs_a) + list(outputs_b), np.array(counts))).to(self.device)
         n = len(outputs_a)
         logit = self.model.judge.logit(h[:n].to(self.device), h[n:].to(self.device), features[:n], features[n:])

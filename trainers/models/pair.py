@@ -33,7 +33,7 @@ def text_windows(tokenizer, texts: list[str], window: int, max_windows: int) -> 
     """Per text, its windows of token ids (``[CLS] chunk [SEP]``), and its full token count
     (before truncation: the side feature keeps the length the windows cut off)."""
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     out = []
     for tokens in ids:
         chunks = [tokens[i:i + window] for i in range(0, len(tokens), window)][:max_windows] or [[]]
@@ -116,9 +116,10 @@ def additive_mask(lengths: torch.Tensor, width: int, dtype: torch.dtype) -> torc
 class PairJudge(nn.Module):
     """Top layers over window states, mean pooling per text, and the antisymmetric pair head."""
 
-    def __init__(self, top: nn.ModuleList, hidden: int, head_width: int = 256, dropout: float = 0.1):
+    def __init__(self, top: nn.ModuleList, hidden: int, head_width: int = 256, dropout: float = 0.1, bf16: bool = False):
         super().__init__()
         self.top = top
+        self.bf16 = bf16  # bfloat16 autocast for the top layers on a CPU (~1.8x on 2 cores); the head stays float32
         n_side = len(SIDE_FEATURES)
         self.register_buffer("side_mean", torch.zeros(n_side))
         self.register_buffer("side_std", torch.ones(n_side))
@@ -136,9 +137,11 @@ class PairJudge(nn.Module):
         hidden = states
         if len(self.top):
             mask = additive_mask(lengths, hidden.shape[1], hidden.dtype)
-            for layer in self.top:
-                hidden = layer(hidden, attention_mask=mask)
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and hidden.device.type == "cpu"):
+                for layer in self.top:
+                    hidden = layer(hidden, attention_mask=mask)
+                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            hidden = hidden.float()
         real = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).to(hidden.dtype)
         summed = torch.zeros(n_texts, hidden.shape[2], dtype=hidden.dtype, device=hidden.device)
         summed.index_add_(0, owner, (hidden * real[:, :, None]).sum(1))
