@@ -132,7 +132,10 @@ def _dpo_inputs(address: str | None):
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
         if cfg.model is not None:
-            load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
+            backbone, _ = load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
+            layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+            if cfg.mode == "pair" and (layers is None or cfg.top_layers > len(layers)):
+                raise UsageError(f"--top-layers {cfg.top_layers}: the model has {'no BERT-style' if layers is None else len(layers)} encoder layers")
         if spec["train"] is None:
             if spec["test"] is not None:
                 raise UsageError("--test needs --train (the built-in default brings its own test split)")

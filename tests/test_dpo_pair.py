@@ -243,3 +243,16 @@ def test_train_dpo_pair_killed_mid_epoch_resumes_and_serves(tmp_path):
     test = synthetic_pairs(50, seed=5)
     p = scorer.prob_a_better(test.prompt, test.a, test.b)
     assert np.array_equal(scorer.prob_a_better(test.prompt, test.b, test.a), 1.0 - p)
+
+
+def test_length_format_rule_learns_length_and_is_antisymmetric():
+    from trainers.data.pairs import PreferencePairs
+    from trainers.pair import length_format_rule
+
+    rng = np.random.default_rng(0)
+    tokenizer = word_tokenizer(["w"])
+    a = [" ".join(["w"] * int(n)) for n in rng.integers(1, 40, 400)]
+    b = [" ".join(["w"] * int(n)) + "\n- w" * int(k) for n, k in zip(rng.integers(1, 40, 400), rng.integers(0, 3, 400))]
+    p = np.array([float(len(x) > len(y)) for x, y in zip(a, b)], dtype=np.float32)
+    pairs = PreferencePairs([""] * 400, a, b, p)
+    assert length_format_rule(pairs.take(np.arange(300)), pairs.take(np.arange(300, 400)), tokenizer)["agreement"] > 0.9
