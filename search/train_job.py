@@ -149,7 +149,7 @@ def _dpo_inputs(address: str | None):
 
 # Pair mode's speeds, copied from the last epoch into metrics.json's top level.
 SPEED_KEYS = ("train_pairs_per_second", "caching_texts_per_second", "cache_seconds", "computed", "texts",
-              "truncated_texts")
+              "truncated_texts", "threads")
 
 
 def test_metrics(scorer: Path, test_pairs: PreferencePairs, log, train_pairs: PreferencePairs | None = None) -> dict:

@@ -245,7 +245,7 @@ def test_train_dpo_pair_killed_mid_epoch_resumes_and_serves(tmp_path):
     assert np.array_equal(scorer.prob_a_better(test.prompt, test.b, test.a), 1.0 - p)
 
 
-def test_length_format_rule_learns_length_and_is_antisymmetric():
+def test_length_format_rule_learns_length():
     from trainers.data.pairs import PreferencePairs
     from trainers.pair import length_format_rule
 

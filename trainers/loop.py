@@ -313,6 +313,9 @@ def pair_worker_loop(config: dict) -> None:
 
     started = time.perf_counter()
     rank, world, device = worker_context()
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))  # the worker's --cpus-per-worker, whatever OMP_NUM_THREADS says
     cfg = replace(config["dpo"], device=str(device))
     prep = prepare_pair(cfg, load_pairs(config["train"], cfg.seed), device,
                         progress=lambda line: report({**line, "resumed_from_epoch": 0}, rank, None))
@@ -321,7 +324,7 @@ def pair_worker_loop(config: dict) -> None:
     if state is not None:
         run.load_state_dict(state)
     resumed = {"resumed_from_epoch": run.epoch, "resumed_from_step": run.step}
-    sizes = {"train_pairs": len(prep.train), "val_pairs": len(prep.val), "epochs": cfg.epochs,
+    sizes = {"train_pairs": len(prep.train), "val_pairs": len(prep.val), "epochs": cfg.epochs, "threads": torch.get_num_threads(),
              "truncated_texts": prep.train.truncated_texts + prep.val.truncated_texts, **prep.cache_stats}
 
     def on_epoch(run, record: dict) -> None:
