@@ -3,6 +3,12 @@ the length heuristic and the reference-free Bradley-Terry baseline, for MiniLM i
 
     python3 benchmarks/dpo_quality.py                      # ../shared/data/pairs/alpaca_eval, MiniLM
     python3 benchmarks/dpo_quality.py --max-pairs 3000 --epochs 1 --max-length 128 --threads 2
+    python3 benchmarks/dpo_quality.py --mode pair --max-pairs 0 --out pair.json   # the README recipe
+
+``--mode pair`` runs the README recipe itself (``train-dpo --mode pair`` as a Ray Train job on one
+worker with ``--threads`` CPUs) and reads its ``metrics.json``: test agreement overall and
+length-controlled next to both rules, training pairs/s, caching texts/s (and how long caching
+took), scoring pairs/s from raw text.
 
 The test split (split by instruction upstream) is scored once per method after training; the
 training split alone gives the validation prompts that pick the epoch. Prints one table.
@@ -41,7 +47,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--mode", default="encoder", choices=("encoder", "pair"))
+    ap.add_argument("--top-layers", type=int, default=2, help="pair mode")
+    ap.add_argument("--cache-dir", default=None, help="pair mode (default: the recipe's)")
+    ap.add_argument("--run-dir", default="pair_quality_run", help="pair mode: the train-dpo --out folder")
     args = ap.parse_args()
+    if args.mode == "pair":
+        pair_recipe(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -71,6 +84,33 @@ def main() -> None:
               f"{r['train_seconds']:>8.0f} {r['pairs_per_second']:>8.1f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "parameters": params}, indent=2, default=float))
+
+
+def pair_recipe(args) -> None:
+    """The pair-mode recipe through ``train-dpo``'s own driver; one table from its metrics."""
+    from dataclasses import fields
+
+    from search.driver import Scaling
+    from search.train_job import run_train_dpo
+
+    defaults = {f.name: f.default for f in fields(DPOConfig)}
+    cfg = DPOConfig(mode="pair", model=args.model or str(default_model_dir()), loss="dpo", epochs=args.epochs,
+                    lr=args.lr, batch_size=args.batch_size, max_pairs=args.max_pairs or None, seed=args.seed,
+                    top_layers=args.top_layers, cache_dir=args.cache_dir or defaults["cache_dir"])
+    started = time.perf_counter()
+    m = run_train_dpo(cfg, args.train, args.test, args.run_dir, Scaling(1, float(args.threads or 2)),
+                      log=lambda line: print(line, flush=True))
+    rows = {"longer wins": m["test_length_heuristic"], "length+format LR": m["test_length_format_rule"],
+            f"pair k={args.top_layers}": m["test"]}
+    print(f"\nAlpacaEval test: {m['test']['pairs']} pairs ({m['test']['pairs_lc']} length-controlled); "
+          f"{m['history'][-1]['train_pairs']} training pairs; {time.perf_counter() - started:.0f} s in all")
+    for name, r in rows.items():
+        print(f"{name:<18} {r['agreement']:>9.4f} {r['agreement_lc']:>10.4f}")
+    print(f"caching {m.get('computed', 0)} texts: {m.get('cache_seconds', float('nan')):.0f} s "
+          f"({m.get('caching_texts_per_second', float('nan')):.1f} texts/s); training "
+          f"{m.get('train_pairs_per_second', float('nan')):.1f} pairs/s; scoring {m['test']['pairs_per_second']:.1f} pairs/s")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "metrics": m}, indent=2, default=float))
 
 
 if __name__ == "__main__":

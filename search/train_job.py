@@ -52,7 +52,6 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
                   resume: bool = False, address: str | None = None, log=print) -> dict:
     """Train (or resume) a preference classifier as a Ray Train job, save its scorer, score the test pairs."""
     from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
-    from trainers.loop import dpo_worker_loop
 
     started = time.perf_counter()
     folder = RunFolder(local_run_folder(out, "--out"), SPEC_FILE, "the same command with --resume")
@@ -67,21 +66,42 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     log(f"train-dpo: {used} of {len(train_pairs)} pairs from {train_pairs.source}, {cfg.mode} mode, loss {cfg.loss}, "
         f"{scaling.workers} worker(s) -> {folder.path}")
     progress = folder.path / PROGRESS_FILE
-    state = run_single_job(dpo_worker_loop, {"dpo": cfg, "train": spec["train"]}, scaling, folder.path, RUN_NAME,
+    state = run_single_job(worker_loop(cfg.mode), {"dpo": cfg, "train": spec["train"]}, scaling, folder.path, RUN_NAME,
                            progress, _progress_printer(progress, cfg.epochs, log))
     if diverged(state["best_state"], state["history"]):
         raise RuntimeError("training diverged (a non-finite loss or validation): no scorer to save (try a lower --lr)")
-    save_scorer(folder.path / "scorer", cfg, state["best_state"], cfg.loss)
+    save_trained_scorer(folder.path / "scorer", cfg, state["best_state"])
     metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": scaling.workers,
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),
                "history": state["history"], "best_val_agreement": state["best_agreement"],
                "train_seconds": sum(h.get("train_seconds", 0.0) for h in state["history"])}
+    last = state["history"][-1] if state["history"] else {}
+    metrics.update({k: last[k] for k in SPEED_KEYS if k in last})
     if test_pairs is not None:
-        metrics.update(test_metrics(folder.path / "scorer", test_pairs, log))
+        metrics.update(test_metrics(folder.path / "scorer", test_pairs, log, train_pairs))
     metrics["seconds"] = time.perf_counter() - started
     write_json(folder.path / "metrics.json", metrics)
     log(f"scorer saved to {folder.path / 'scorer'}; metrics in {folder.path / 'metrics.json'}")
     return metrics
+
+
+def worker_loop(mode: str):
+    """The Ray Train loop of a preference mode: pair mode caches and checkpoints inside epochs."""
+    from trainers.loop import dpo_worker_loop, pair_worker_loop
+
+    return pair_worker_loop if mode == "pair" else dpo_worker_loop
+
+
+def save_trained_scorer(folder: Path, cfg: DPOConfig, best_state: dict) -> None:
+    from trainers.dpo import reward_scale
+    from trainers.pair import save_pair_scorer
+
+    if cfg.mode != "pair":
+        save_scorer(folder, cfg, best_state, cfg.loss)
+        return
+    save_pair_scorer(folder, cfg, best_state, {"format_version": 1, "loss": cfg.loss, "beta": cfg.effective_beta,
+                                               "reward_scale": reward_scale(cfg.loss, cfg.effective_beta),
+                                               "base_model": cfg.model or "builtin-tiny"})
 
 
 def _absolute(path: str | None) -> str | None:
@@ -101,11 +121,16 @@ def _dpo_inputs(address: str | None):
         cfg.validate()
         if scaling.workers < 1 or scaling.cpus_per_worker < 0 or scaling.gpus_per_worker < 0:
             raise UsageError("--workers must be >= 1 and --cpus/--gpus-per-worker >= 0")
+        if cfg.mode == "pair" and scaling.workers != 1:
+            raise UsageError("--mode pair trains on one worker (give it threads with --cpus-per-worker)")
         if scaling.gpus_per_worker > 0 and address is None:
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
         if cfg.model is not None:
-            load_backbone(cfg.model, cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
+            backbone, _ = load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
+            layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+            if cfg.mode == "pair" and (layers is None or cfg.top_layers > len(layers)):
+                raise UsageError(f"--top-layers {cfg.top_layers}: the model has {'no BERT-style' if layers is None else len(layers)} encoder layers")
         if spec["train"] is None:
             if spec["test"] is not None:
                 raise UsageError("--test needs --train (the built-in default brings its own test split)")
@@ -117,12 +142,28 @@ def _dpo_inputs(address: str | None):
     return read
 
 
-def test_metrics(scorer: Path, test_pairs: PreferencePairs, log) -> dict:
+# Pair mode's speeds, copied from the last epoch into metrics.json's top level.
+SPEED_KEYS = ("train_pairs_per_second", "caching_texts_per_second", "cache_seconds", "computed", "texts",
+              "truncated_texts", "threads")
+
+
+def test_metrics(scorer: Path, test_pairs: PreferencePairs, log, train_pairs: PreferencePairs | None = None) -> dict:
+    """The scorer on the test pairs (from raw text), next to "the longer answer wins" and, with
+    the training pairs, the length + format logistic regression fitted on them."""
+    from transformers import AutoTokenizer
+
+    from trainers.pair import length_format_rule
+
     out = {"test": score(scorer, test_pairs), "test_length_heuristic": length_heuristic(test_pairs)}
-    t = out["test"]
-    log(f"test: agreement {t['agreement']:.4f} (length-controlled {t['agreement_lc']:.4f} on {t['pairs_lc']} pairs)"
-        f", the longer answer wins {out['test_length_heuristic']['agreement']:.4f}; "
-        f"scoring {t['pairs_per_second']:.0f} pairs/s")
+    if train_pairs is not None:
+        tokenizer = AutoTokenizer.from_pretrained(scorer, local_files_only=True)
+        out["test_length_format_rule"] = length_format_rule(train_pairs, test_pairs, tokenizer)
+    t, rules = out["test"], [("the longer answer wins", out["test_length_heuristic"])]
+    if "test_length_format_rule" in out:
+        rules.append(("length + format rule", out["test_length_format_rule"]))
+    log(f"test: agreement {t['agreement']:.4f} (length-controlled {t['agreement_lc']:.4f} on {t['pairs_lc']} pairs); "
+        + "; ".join(f"{name} {r['agreement']:.4f} ({r['agreement_lc']:.4f})" for name, r in rules)
+        + f"; scoring {t['pairs_per_second']:.1f} pairs/s from raw text")
     return out
 
 
@@ -158,6 +199,15 @@ def _progress_printer(path: Path, epochs: int, log):
     """Prints the epoch lines appended to ``progress.jsonl`` since its last call."""
 
     def line(m: dict) -> str:
+        if m.get("phase") in ("caching", "training"):
+            what = "texts cached" if m["phase"] == "caching" else f"epoch {m['epoch']}/{epochs}: pairs"
+            rate = m.get("texts_per_second", m.get("train_pairs_per_second", 0.0))
+            loss = f"  loss {m['train_loss']:.4f}" if "train_loss" in m else ""
+            resumed = f"  [resumed at epoch {m['resumed_from_epoch'] + 1} step {m['resumed_from_step']}]" \
+                if m.get("resumed_from_step") else ""
+            return f"  {what} {m['done']}/{m['total']}  {rate:.1f}/s{loss}  ETA {m['eta_seconds'] / 60:.1f} min{resumed}"
+        if m.get("phase") == "checkpoint":
+            return None
         return (f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
                 f"{m['agreement']:.4f} (length-controlled {m['agreement_lc']:.4f})"
                 + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))

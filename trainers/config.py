@@ -19,7 +19,7 @@ DEFAULT_FITNESS = "pu_auc"  # a single training run's epoch selection (train-pu,
 # benchmarks/proxy_validity.py on the three dev sets (rho 0.85/0.85/0.89 against pu_auc's 0.82/0.86/0.85,
 # and it ranks the top half of the losses better on all three).
 SEARCH_DEFAULT_FITNESS = "pu_pauc"
-PREFERENCE_MODES = ("encoder", "causal")
+PREFERENCE_MODES = ("encoder", "causal", "pair")
 LABELLINGS = ("scar", "sar-group", "sar-score")  # benchmark mode: how labelled positives are drawn
 VAL_METRICS = ("auc", "f1")  # what a labelled validation set (--val, --val-size) measures
 # With a labelled validation set: the member metric it drives. F1 at the run's threshold ranked the top half
@@ -111,8 +111,8 @@ class PUConfig:
 
 @dataclass
 class DPOConfig:
-    mode: str = opt("encoder", "encoder: a scalar head on a mean-pooled encoder; causal: log pi(y|x) of a causal LM",
-                    choices=PREFERENCE_MODES)
+    mode: str = opt("encoder", "encoder: a scalar head on a mean-pooled encoder; causal: log pi(y|x) of a causal LM; "
+                    "pair: top layers over cached lower-layer states and a head reading both answers", choices=PREFERENCE_MODES)
     model: str | None = opt(None, "local Hugging Face model folder (default: a tiny built-in model)")
     loss: str = opt("dpo", "dpo|soft|robust|ipo|hinge|bt or a preference Taylor .json")
     # None: 0.1 in causal mode (the DPO paper's), 1.0 in encoder mode, where the reference scores
@@ -133,6 +133,17 @@ class DPOConfig:
     grad_clip: float = opt(1.0, "gradient norm clip (0: off)", cli=False)
     eval_batch_size: int = opt(64, "pairs per scoring batch", cli=False)
     device: str = opt("cpu", "cpu or cuda", cli=False)
+    # -- pair mode (trainers/pair.py) --
+    top_layers: int = opt(2, "pair mode: encoder layers fine-tuned over the cached states of the layers below")
+    window: int = opt(128, "pair mode: tokens per window of an answer")
+    max_windows: int = opt(4, "pair mode: windows per answer (the rest is truncated and counted)")
+    cache_dir: str = opt("~/.cache/lossforge/states", "pair mode: the lower-layer state cache (shared by runs)")
+    cache_dtype: str = opt("float16", "pair mode: how cached states are stored", choices=("float16", "float32"))
+    quantize_lower: bool = opt(True, "pair mode: dynamic int8 for the frozen lower layers (cache and serving)")
+    bf16: bool = opt(True, "pair mode: bfloat16 autocast for the top layers on a CPU (training and serving)")
+    swap: bool = opt(True, "pair mode: swap A/B of a random half of each epoch's pairs")
+    cache_batch: int = opt(32, "pair mode: texts per caching batch", cli=False)
+    checkpoint_minutes: float = opt(3.0, "pair mode: a checkpoint and a progress line this often while training")
 
     def validate(self) -> None:
         if self.mode not in PREFERENCE_MODES:
@@ -151,6 +162,8 @@ class DPOConfig:
             raise UsageError(f"--val-frac must be in (0, 1), got {self.val_frac}")
         if not 0.0 <= self.robust_epsilon < 0.5:
             raise UsageError(f"--robust-epsilon must be in [0, 0.5), got {self.robust_epsilon}")
+        if self.mode == "pair" and (self.top_layers < 0 or self.window < 1 or self.max_windows < 1):
+            raise UsageError("--top-layers must be >= 0 and --window, --max-windows >= 1")
         _cuda_check(self.device)
         from trainers.losses.preference import resolve_preference_loss  # a loss file is read here, not in a worker
 
@@ -159,7 +172,7 @@ class DPOConfig:
     @property
     def effective_beta(self) -> float:
         """beta, resolved."""
-        return self.beta if self.beta is not None else (1.0 if self.mode == "encoder" else 0.1)
+        return self.beta if self.beta is not None else (0.1 if self.mode == "causal" else 1.0)
 
     @property
     def learning_rate(self) -> float:

@@ -9,6 +9,8 @@ a restarted worker group (or a pack re-dispatched after a crash) resumes.
   pu_worker_loop        ``lossforge train-pu --workers``: one classifier on shares of the pool
   dpo_pack_worker_loop  a DPO search pack (PackJob in, PackReport per candidate out)
   dpo_worker_loop       ``lossforge train-dpo``: one model, a report per epoch
+  pair_worker_loop      ``lossforge train-dpo --mode pair``: caching, then reports (and
+                        checkpoints) every few minutes inside an epoch as well
 """
 from __future__ import annotations
 
@@ -297,6 +299,46 @@ def dpo_worker_loop(config: dict) -> None:
 
     run_epochs(run, prep, resolve_preference_loss(cfg.loss), cfg, device, (rank, world),
                average_gradients if world > 1 else None, on_epoch)
+
+
+def pair_worker_loop(config: dict) -> None:
+    """``lossforge train-dpo --mode pair``. Caching progress is reported without a checkpoint (the
+    cache on disk is its own resume point); training reports a checkpoint every
+    ``checkpoint_minutes`` and at each epoch's end, so a killed run resumes mid-epoch.
+    Config: {"dpo": DPOConfig, "train": path | None}."""
+    from dataclasses import replace
+
+    from trainers.losses.preference import resolve_preference_loss
+    from trainers.pair import PairRun, prepare_pair, run_pair_epochs
+
+    started = time.perf_counter()
+    rank, world, device = worker_context()
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))  # the worker's --cpus-per-worker, whatever OMP_NUM_THREADS says
+    cfg = replace(config["dpo"], device=str(device))
+    prep = prepare_pair(cfg, load_pairs(config["train"], cfg.seed), device,
+                        progress=lambda line: report({**line, "resumed_from_epoch": 0}, rank, None))
+    run = PairRun.start(prep.model.judge, cfg)
+    state = restore()
+    if state is not None:
+        run.load_state_dict(state)
+    resumed = {"resumed_from_epoch": run.epoch, "resumed_from_step": run.step}
+    sizes = {"train_pairs": len(prep.train), "val_pairs": len(prep.val), "epochs": cfg.epochs, "threads": torch.get_num_threads(),
+             "truncated_texts": prep.train.truncated_texts + prep.val.truncated_texts, **prep.cache_stats}
+
+    def on_epoch(run, record: dict) -> None:
+        record["replicas_in_sync"] = replicas_in_sync(list(run.judge.parameters()))
+        record.update(sizes)  # the same dict as run.history[-1]: metrics.json keeps it
+        report({**record, **resumed, "phase": "epoch", "best_val_agreement": run.best_agreement,
+                "worker_seconds": time.perf_counter() - started}, rank, run.state_dict())
+
+    run_pair_epochs(run, prep, resolve_preference_loss(cfg.loss), cfg, device, (rank, world),
+                    average_gradients if world > 1 else None,
+                    progress=lambda line: report({**line, **resumed}, rank, None),
+                    checkpoint=lambda run: report({"phase": "checkpoint", "epoch": run.epoch + 1, "step": run.step,
+                                                   **resumed}, rank, run.state_dict()),
+                    on_epoch=on_epoch)
 
 
 def dpo_pack_worker_loop(config: dict) -> None:

@@ -31,7 +31,10 @@ class PreferenceScorer:
         self.device, self.batch_size = torch.device(device), batch_size
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64) -> "PreferenceScorer":
+    def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64):
+        """The scorer in ``folder``: this class, or a :class:`PairScorer` for a pair-mode one."""
+        if pair_mode(folder):
+            return PairScorer.load(folder, device, batch_size)
         model, tokenizer, meta = load_scoring_model(folder)
         reference = None
         if meta["mode"] == "causal" and meta.get("uses_reference", True):
@@ -70,6 +73,85 @@ class PreferenceScorer:
 
     def score_pairs(self, pairs: PreferencePairs) -> tuple[np.ndarray, float]:
         """P(a better) for every pair and the pairs/s it took."""
+        started = time.perf_counter()
+        prob = self.prob_a_better(pairs.prompt, pairs.a, pairs.b)
+        return prob, len(pairs) / max(time.perf_counter() - started, 1e-9)
+
+
+def pair_mode(folder: str | Path) -> bool:
+    from trainers.files import read_json
+
+    path = Path(folder) / "scorer.json"
+    if not path.is_file():
+        return False
+    meta = read_json(path, "scorer description")
+    return isinstance(meta, dict) and meta.get("mode") == "pair"
+
+
+class PairScorer:
+    """A pair-mode scorer: it reads both answers, so it scores pairs, not single responses.
+
+    Each distinct answer is encoded once (lower then top layers) and its pooled state kept in an
+    in-memory cache of ``answer_cache`` entries, so an answer met again in later pairs or calls is
+    not re-encoded. P(b better than a) is exactly 1 - P(a better than b).
+    """
+
+    def __init__(self, model, cfg, meta: dict, device: str = "cpu", batch_size: int = 64, answer_cache: int = 100_000):
+        self.model, self.cfg, self.meta = model, cfg, meta
+        self.model.judge.to(device).eval()
+        self.device, self.batch_size, self.answer_cache = torch.device(device), batch_size, answer_cache
+        self._h: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64) -> "PairScorer":
+        from trainers.files import read_json
+        from trainers.pair import load_pair_model
+
+        meta = read_json(Path(folder) / "scorer.json", "scorer description")
+        model, cfg = load_pair_model(folder, meta)
+        return cls(model, cfg, meta, device, batch_size)
+
+    @torch.no_grad()
+    def answer_states(self, texts: list[str]) -> torch.Tensor:
+        """Pooled states of ``texts`` (new ones encoded in sorted order, so the result for a text
+        does not depend on which other texts came with it)."""
+        from trainers.pair import encode_raw
+
+        new = sorted(set(texts) - set(self._h))
+        for start in range(0, len(new), self.batch_size):
+            part = new[start:start + self.batch_size]
+            for text, h in zip(part, encode_raw(self.model, part, self.cfg, self.device)):
+                self._h[text] = h
+        if len(self._h) > self.answer_cache:
+            self._h.clear()
+        return torch.stack([self._h[t] for t in texts]) if texts else torch.zeros(0)
+
+    @torch.no_grad()
+    def prob_a_better(self, prompts: list[str], outputs_a: list[str], outputs_b: list[str]) -> np.ndarray:
+        from trainers.models.pair import prob_from_logit, side_features
+
+        if not (len(prompts) == len(outputs_a) == len(outputs_b)):
+            raise ValueError(f"{len(prompts)} prompts, {len(outputs_a)} a answers, {len(outputs_b)} b answers")
+        if not outputs_a:
+            return np.zeros(0)
+        h = self.answer_states(list(outputs_a) + list(outputs_b))
+        counts = [len(ids) for ids in self.model.tokenizer(list(outputs_a) + list(outputs_b), add_special_tokens=False, verbose=False)["input_ids"]]
+        features = torch.as_tensor(side_features(list(outputs_a) + list(outputs_b), np.array(counts))).to(self.device)
+        n = len(outputs_a)
+        logit = self.model.judge.logit(h[:n].to(self.device), h[n:].to(self.device), features[:n], features[n:])
+        return prob_from_logit(logit.double().cpu().numpy())
+
+    def rank(self, prompt: str, candidates: list[str]) -> list[int]:
+        """Indices of ``candidates``, best first, by their summed P(better) against every other."""
+        n = len(candidates)
+        i, j = np.triu_indices(n, 1)
+        prob = self.prob_a_better([prompt] * len(i), [candidates[k] for k in i], [candidates[k] for k in j])
+        wins = np.zeros(n)
+        np.add.at(wins, i, prob)
+        np.add.at(wins, j, 1.0 - prob)
+        return [int(k) for k in np.argsort(-wins, kind="stable")]
+
+    def score_pairs(self, pairs: PreferencePairs) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         prob = self.prob_a_better(pairs.prompt, pairs.a, pairs.b)
         return prob, len(pairs) / max(time.perf_counter() - started, 1e-9)
