@@ -18,7 +18,9 @@ import torch
 
 from trainers.config import DPOConfig
 from trainers.data.pairs import PreferencePairs, split_by_prompt, synthetic_pairs, synthetic_vocabulary
-from trainers.losses.preference import PREFERENCE_LOSSES, log_ratio_margin, preference_loss, resolve_preference_loss
+from trainers.losses.preference import (  # noqa: F401 - pair_loss re-exported for the recipe's users
+    PREFERENCE_LOSSES, log_ratio_margin, pair_loss, preference_loss, resolve_preference_loss,
+)
 from trainers.losses.preference_taylor import PreferenceTaylorLoss, preference_taylor_losses
 from trainers.metrics import preference_metrics
 from trainers.models.preference import (
@@ -116,14 +118,6 @@ def cache_reference(model, data: PairTensors, cfg: DPOConfig, device) -> None:
 
 
 # -- training -------------------------------------------------------------------------------------
-
-
-def pair_loss(loss, value_a, value_b, ref_a, ref_b, p, cfg: DPOConfig) -> torch.Tensor:
-    """``loss``: a name of :data:`PREFERENCE_LOSSES`, or any ``(delta, p) -> loss`` (a
-    :class:`PreferenceTaylorLoss`, or a raw search candidate from :func:`taylor_pair_loss`)."""
-    if isinstance(loss, str):
-        return preference_loss(loss, value_a, value_b, ref_a, ref_b, p, cfg.effective_beta, cfg.robust_epsilon)
-    return loss(cfg.effective_beta * log_ratio_margin(value_a, value_b, ref_a, ref_b), p)
 
 
 def taylor_pair_loss(coefficients: list[float], center: float):

@@ -242,7 +242,7 @@ def train_pair_epoch(run: PairRun, model: PairModel, cache: StateCache, data: Pa
                      checkpoint: Callable[[PairRun], None] | None = None) -> float:
     """The rest of the current epoch from ``run.step``. ``checkpoint(run)`` every
     ``cfg.checkpoint_minutes``; ``progress`` gets a line's worth of numbers with it."""
-    from trainers.dpo import pair_loss
+    from trainers.losses.preference import pair_loss
 
     rank, world = shard
     order, swap = epoch_plan(run, len(data), cfg)

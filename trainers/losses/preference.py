@@ -129,3 +129,11 @@ def preference_loss(
     if name == "hinge":
         return hinge_loss(delta, p, reduction)
     raise ValueError(f"unknown preference loss {name!r}; choose from {PREFERENCE_LOSSES}")
+
+
+def pair_loss(loss, value_a, value_b, ref_a, ref_b, p, cfg) -> torch.Tensor:
+    """``loss``: a name of :data:`PREFERENCE_LOSSES`, or any ``(delta, p) -> loss`` (a
+    :class:`PreferenceTaylorLoss`, or a raw search candidate from :func:`taylor_pair_loss`)."""
+    if isinstance(loss, str):
+        return preference_loss(loss, value_a, value_b, ref_a, ref_b, p, cfg.effective_beta, cfg.robust_epsilon)
+    return loss(cfg.effective_beta * log_ratio_margin(value_a, value_b, ref_a, ref_b), p)
