@@ -17,6 +17,7 @@ as an argument and never import a task.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -82,4 +83,6 @@ def load_search(folder: str | Path) -> tuple[Task, SearchOptions]:
 
     run = RunFolder(Path(folder), SPEC_FILE, "")
     opts = options_from_spec(run.load_spec(), run.spec_path, lambda name: get_task(name).options_class)
-    return get_task(opts.task), opts
+    # search.json holds no storage path: the folder is where it lies now (moved or copied searches resume in place)
+    folder = Path(folder)
+    return get_task(opts.task), replace(opts, name=folder.name, storage=str(folder.parent))
