@@ -223,3 +223,14 @@ def test_the_live_progress_reader_leaves_a_half_written_line_for_later(tmp_path)
     path.write_text(text + json.dumps({**row, "epoch": 2}) + "\n")
     printer()
     assert len(lines) == 2 and "epoch 2/3" in lines[1]
+
+
+def test_every_registered_task_implements_the_whole_task_protocol():
+    """Tasks follow search.tasks.Task without inheriting from it: nothing supplies a missing method."""
+    from search.tasks import Task
+
+    names = [n for n, v in vars(Task).items() if not n.startswith("_") and callable(v)]
+    assert "after_search" in names and "final_report" in names
+    for name, task in TASKS.items():
+        assert task.name == name
+        assert [n for n in names if not callable(getattr(task, n, None))] == [], name

@@ -87,6 +87,9 @@ class PreferenceTask:
 
         return dpo_pack_worker_loop
 
+    def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None:
+        """Nothing between the budget and the report: no re-evaluation stage for preference losses."""
+
     def final_report(self, folder: Path, opts: SearchOptions, log: Log) -> dict:
         return final_dpo_report(folder, opts, self.dpo_config(opts), log)
 
