@@ -232,6 +232,8 @@ def main() -> None:
     if args.table_from:
         print_tables(json.loads(Path(args.table_from).read_text()))
         return
+    if args.seeds <= args.fitness_seeds:
+        p.error(f"--seeds must exceed --fitness-seeds ({args.fitness_seeds}): the rest give test F1")
     cfg = PUConfig(epochs=args.epochs)
     candidates = draw_candidates(args.candidates, seed=0)
     results = {}

@@ -314,8 +314,6 @@ def run_single_job(loop, config: dict, scaling: Scaling, folder: Path, run_name:
     checkpoint), rank 0's reports appended to ``progress`` and printed as they come by
     ``printer``; then ``after_fit()`` (e.g. raise a worker's data error as the user's), and the
     state the last checkpoint holds."""
-    import torch
-
     from search.background import every
     from search.progress import ReportFile
     from trainers.loop import STATE_FILE
