@@ -39,18 +39,25 @@ def elites(folder: Path, opts, searcher, plan) -> list[dict]:
 
 
 def choose_elites(told: list[dict], recommendation, controls: list[dict], reevaluate: int, recommendation_id: int) -> list[dict]:
-    """The controls, the top ``reevaluate`` of ``told`` (ok candidates: id, source, vector,
-    search_fitness) and the optimiser's recommendation when it is a point the search never
-    evaluated (noisy optimisers recommend an average). Shared by the product and its benchmarks."""
-    top = sorted(told, key=lambda e: (-e["search_fitness"], e["id"]))[:reevaluate]
+    """The controls, the top ``reevaluate`` distinct losses of ``told`` (ok candidates: id, source,
+    vector, search_fitness) and the optimiser's recommendation when it is a point the search never
+    evaluated (noisy optimisers recommend an average). Shared by the product and its benchmarks.
+
+    A loss equal to a control or to a better elite is trained once and does not take an elite's
+    place: the search starts at PAN and optimisers ask their centre again, so without this the
+    elites of a short search can all be copies of a control."""
     chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": list(c["coefficients"]) + list(c["center"]),
                "search_fitness": None} for i, c in enumerate(controls)]
     recommended = {"id": recommendation_id, "source": "recommendation", "search_fitness": None,
                    "vector": np.asarray(recommendation, dtype=float).tolist()}
-    for e in top + [recommended]:
-        # A seed loss equal to a control (or a recommendation already evaluated) is trained once.
+    ranked = sorted(told, key=lambda e: (-e["search_fitness"], e["id"]))
+    elites = 0
+    for e in ranked + [recommended]:
+        if e is not recommended and elites == reevaluate:
+            continue
         if not any(np.allclose(e["vector"], c["vector"], atol=1e-9) for c in chosen):
             chosen.append(e)
+            elites += e is not recommended
     return chosen
 
 

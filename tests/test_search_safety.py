@@ -165,6 +165,22 @@ def test_a_reevaluation_is_kept_only_while_the_log_holds_what_it_saw():
     assert not _still_current({"rows": [{"id": 1, "search_fitness": 0.4}]}, 8, chosen)
 
 
+def test_elites_skip_copies_of_a_control_or_of_a_better_elite():
+    from search.reevaluation import choose_elites
+
+    pan = {"name": "pan", "coefficients": [1.0, 2.0], "center": [0.5]}
+    told = [{"id": 0, "source": "seed:pan", "vector": [1.0, 2.0, 0.5], "search_fitness": 0.9},
+            {"id": 3, "source": "optimizer", "vector": [1.0, 2.0, 0.5], "search_fitness": 0.8},
+            {"id": 1, "source": "optimizer", "vector": [3.0, 2.0, 0.5], "search_fitness": 0.7},
+            {"id": 4, "source": "optimizer", "vector": [3.0, 2.0, 0.5], "search_fitness": 0.6},
+            {"id": 2, "source": "optimizer", "vector": [4.0, 2.0, 0.5], "search_fitness": 0.1},
+            {"id": 5, "source": "optimizer", "vector": [5.0, 2.0, 0.5], "search_fitness": 0.0}]
+    chosen = choose_elites(told, [1.0, 2.0, 0.5], [pan], 2, 6)
+    assert [e["id"] for e in chosen] == [-1, 1, 2], "two distinct elites; the recommendation is a control"
+    chosen = choose_elites(told, [9.0, 2.0, 0.5], [pan], 1, 6)
+    assert [e["id"] for e in chosen] == [-1, 1, 6], "a new recommendation is re-evaluated beside the elites"
+
+
 def test_save_with_overwrite_replaces_the_folder_instead_of_merging(tmp_path, capsys):
     model = tmp_path / "model"
     model.mkdir()
