@@ -7,6 +7,7 @@ first byte is written or Ray starts -- so a bad input costs seconds and leaves n
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -232,7 +233,9 @@ def start_ray(address: str | None, quiet: bool = True) -> None:
     if ray.is_initialized():
         return
     _STARTED_HERE.append(True)
-    kwargs = {"log_to_driver": not quiet}
+    # Quiet: Ray's own notices (token auth turned on, "started a local instance", worker start-up
+    # counts) stay in its session logs; our progress lines say what the user needs.
+    kwargs = {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # A driver submitted through the Jobs API: `lossforge submit` put RAY_ENV in the job's
         # runtime environment already, and Ray refuses the same variables twice.
@@ -248,6 +251,21 @@ def start_ray(address: str | None, quiet: bool = True) -> None:
         ray.init(include_dashboard=False, **kwargs)
     if _CATCHING:
         catch_interrupts()  # ray.init installed its own SIGTERM handler (exit 15, no clean-up)
+
+
+def default_concurrency(opts) -> int:
+    """Trials (packs) the cluster's CPUs and GPUs hold at once, for ``opts``' resources per trial."""
+    import ray
+
+    resources = ray.cluster_resources()
+    per_trial_cpu = opts.workers_per_trial * opts.cpus_per_worker
+    limits = []
+    if per_trial_cpu > 0:
+        limits.append(int(resources.get("CPU", 1) // per_trial_cpu))
+    if opts.gpus_per_worker > 0:
+        limits.append(int(resources.get("GPU", 0) // (opts.workers_per_trial * opts.gpus_per_worker)))
+    # An autoscaling cluster may have no room yet: one trial waits for nodes rather than none.
+    return max(1, min(limits) if limits else 1)
 
 
 def stop_ray(timeout: float = 30.0) -> bool:
@@ -283,15 +301,28 @@ class Scaling:
     max_failures: int = 2
 
 
+def process_group_backend(gpus_per_worker: float) -> str:
+    """NCCL for GPU workers where this process sees CUDA, else gloo. Ray's default for GPU workers
+    is NCCL, which a torch without CUDA lacks: a cluster that advertises GPUs torch cannot use
+    then retries the worker group's start for ever. Gloo also reduces CUDA tensors, so a job
+    started where CUDA is absent still works on GPU workers (slower all-reduce, same result)."""
+    if gpus_per_worker <= 0:
+        return "gloo"
+    import torch
+
+    return "nccl" if torch.cuda.is_available() and torch.distributed.is_nccl_available() else "gloo"
+
+
 def train_job(loop, config: dict, scaling: Scaling, name: str, storage: str, keep: int = 2, callbacks=()):
     """The one place a Ray Train job is built: a TorchTrainer over ``loop`` with ``config``."""
     from ray import train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     gpus = scaling.gpus_per_worker
     return TorchTrainer(
         loop,
         train_loop_config=config,
+        torch_config=TorchConfig(backend=process_group_backend(gpus)),
         scaling_config=train.ScalingConfig(
             num_workers=scaling.workers,
             use_gpu=gpus > 0,

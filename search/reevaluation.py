@@ -86,7 +86,7 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
     """Run (or finish, or skip) the re-evaluation stage and write its files. ``space`` and
     ``worker_loop`` are the task's (the elites' vectors become candidates of that space)."""
     from search.background import every
-    from search.driver import Scaling, train_job
+    from search.driver import train_job
     from search.progress import ReportFile, pack_line, report_printer
     path = folder / REEVALUATION_FILE
     told = len(EvaluationLog(folder).told())
@@ -101,7 +101,7 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
     log(f"re-evaluating {len(chosen)} elites (controls included) on {stage.folds} fresh folds x "
         f"{stage.seeds_per_candidate} seeds, {opts.epochs} epochs")
     job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
-    scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
+    scaling = reevaluation_scaling(opts)
     progress = folder / "reevaluation.progress.jsonl"
     trainer = train_job(worker_loop, {"job": job}, scaling, f"{REEVALUATION_RUN}-{told}", str(folder / "train"),
                         callbacks=[ReportFile(progress)])
@@ -112,9 +112,17 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
         raise RuntimeError(f"the re-evaluation job ended without its results: {result.error}")
     record = {**summarise(chosen, report.results, stage.members_per_unit), "log_told": told}
     write_json(path, record)
-    write_reevaluation_csv(folder / REEVALUATION_CSV, record)
-    log(format_reevaluation(record))
+    write_reevaluation_csv(folder / REEVALUATION_CSV, record)  # printed with the leaderboard
     return record
+
+
+def reevaluation_scaling(opts):
+    """One job for the stage, given the CPUs of every trial slot: the search's trials are over,
+    and one worker on one CPU would leave the others idle for the longest stage of a small search."""
+    from search.driver import Scaling, default_concurrency
+
+    slots = opts.concurrency or default_concurrency(opts)
+    return Scaling(opts.workers_per_trial, opts.cpus_per_worker * slots, opts.gpus_per_worker, opts.max_failures)
 
 
 def _still_current(record: dict, told: int, chosen: list[dict]) -> bool:

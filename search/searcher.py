@@ -88,6 +88,12 @@ class PackSearcher(Searcher):
         return len(self._pending_packs) + -(-remaining // self.pack)
 
     # -- Tune's searcher interface ------------------------------------------------------------
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the evaluation log is this searcher's state (replayed on resume)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: see :meth:`save`."""
+
     def suggest(self, trial_id: str):
         if self._pending_packs:
             pack = self._pending_packs.pop(0)
@@ -130,7 +136,8 @@ class PackSearcher(Searcher):
                 fitness, status = DIVERGED_FITNESS, "diverged"
             self.log.append(event="tell", id=cid, pack=pack, fitness=fitness, status=status, details=details,
                             wall_seconds=report.worker_seconds if report else None,
-                            train_seconds=report.train_seconds if report else None, trial=trial_id)
+                            train_seconds=report.train_seconds if report else None, trial=trial_id,
+                            device=report.device if report else None)
             self.optimizer.tell(self._candidates[cid], -float(fitness))
             self._told.add(cid)
         best = max((e.fitness for e in self.log.told() if e.status == "ok"), default=float("nan"))

@@ -13,10 +13,11 @@ Layout of a results folder ``<storage>/<name>/``:
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import replace
 
-from search.driver import RAY_ENV, RunFolder, Scaling, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
+from search.driver import RAY_ENV, RunFolder, Scaling, default_concurrency, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
 from search.evaluations import EvaluationLog
 from search.lock import release_all
 from search.options import SearchOptions, check_name, with_task_defaults
@@ -73,20 +74,6 @@ def prepare_search(task, opts: SearchOptions, resume: bool):
 def spec_of(opts: SearchOptions) -> dict:
     """search.json: the options, without where the folder lies (a moved folder resumes in place)."""
     return {k: v for k, v in opts.to_dict().items() if k != "storage"}
-
-
-def default_concurrency(opts: SearchOptions) -> int:
-    import ray
-
-    resources = ray.cluster_resources()
-    per_trial_cpu = opts.workers_per_trial * opts.cpus_per_worker
-    limits = []
-    if per_trial_cpu > 0:
-        limits.append(int(resources.get("CPU", 1) // per_trial_cpu))
-    if opts.gpus_per_worker > 0:
-        limits.append(int(resources.get("GPU", 0) // (opts.workers_per_trial * opts.gpus_per_worker)))
-    # An autoscaling cluster may have no room yet: one trial waits for nodes rather than none.
-    return max(1, min(limits) if limits else 1)
 
 
 def run_search(task, opts: SearchOptions, resume: bool = False, address: str | None = None, log=print,
@@ -153,6 +140,9 @@ def run_trials(opts: SearchOptions, task, plan, searcher, pack: int, concurrency
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
     setup = TrialSetup(task.space(opts.order), task.worker_loop(), plan, scaling, str(folder / "train"))
     attempt = 1 + sum(1 for p in folder.glob("tune-*") if p.is_dir())
+    # Tune's newer console output prints its banner and a TensorBoard path inside Ray's temp folder
+    # whatever the verbosity; the classic output honours verbose=0. Tune's logs stay in tune-N/.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = time.perf_counter()
     tune.Tuner(
         trainable(setup),

@@ -63,6 +63,7 @@ class PackReport:
     train_seconds: float = 0.0
     worker_seconds: float = 0.0
     unit: str = "rung"
+    device: str = ""  # what the worker trained on (see trainers.loop.assigned_devices)
 
     KEY = "lossforge_pack"  # the one key a report carries in Tune's result dict
 

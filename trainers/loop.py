@@ -33,9 +33,25 @@ from trainers.pu_pack import PackState, run_pack
 
 
 def worker_context() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this Train worker, which uses as many threads as it was
+    given CPUs (whatever OMP_NUM_THREADS says). A worker given a GPU on a machine where torch
+    sees no CUDA (a cluster advertising GPUs it lacks, a CPU build of torch) trains on the CPU."""
     context = ray.train.get_context()
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
     return context.get_world_rank(), context.get_world_size(), device
+
+
+def assigned_devices() -> str:
+    """What this worker was given and trains on, e.g. ``cpu (GPU 2 x0.25 assigned, CUDA absent)``."""
+    resources = ray.get_runtime_context().get_assigned_resources()
+    device = str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
+    if resources.get("GPU"):
+        gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+        device += f" (GPU {gpus} x{resources['GPU']:g} assigned{'' if torch.cuda.is_available() else ', CUDA absent'})"
+    return device
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:
@@ -115,6 +131,7 @@ def pu_pack_worker_loop(config: dict) -> None:
     job: PackJob = config["job"]
     started = time.perf_counter()
     rank, world, device = worker_context()
+    devices = assigned_devices()
     ids = [c["id"] for c in job.candidates]
     state = _pack_state(restore(), ids)
     resumed_from = 0 if state is None else state.rung
@@ -124,7 +141,8 @@ def pu_pack_worker_loop(config: dict) -> None:
         pack_report = PackReport(
             results=[state.results[i] for i in ids if i in state.results], progress=state.rung, total=rungs,
             finished=state.finished, alive=len(state.alive), resumed_from=resumed_from,
-            train_seconds=time.perf_counter() - train_started, worker_seconds=time.perf_counter() - started)
+            train_seconds=time.perf_counter() - train_started, worker_seconds=time.perf_counter() - started,
+            device=devices)
         report(pack_report.to_dict(), rank, {"pack_state": state.to_dict()})
 
     if state is not None and state.finished:
@@ -313,9 +331,6 @@ def pair_worker_loop(config: dict) -> None:
 
     started = time.perf_counter()
     rank, world, device = worker_context()
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    if cpus:
-        torch.set_num_threads(max(1, int(cpus)))  # the worker's --cpus-per-worker, whatever OMP_NUM_THREADS says
     cfg = replace(config["dpo"], device=str(device))
     prep = prepare_pair(cfg, load_pairs(config["train"], cfg.seed), device,
                         progress=lambda line: report({**line, "resumed_from_epoch": 0}, rank, None))
@@ -365,7 +380,7 @@ def dpo_pack_worker_loop(config: dict) -> None:
         results = [done[c["id"]] for c in job.candidates if c["id"] in done]
         pack_report = PackReport(results, len(results), len(job.candidates), finished, len(job.candidates) - len(results),
                                  train_seconds=train_seconds, worker_seconds=time.perf_counter() - started,
-                                 unit="candidate")
+                                 unit="candidate", device=assigned_devices())
         report(pack_report.to_dict(), rank, {"done": {i: r.to_dict() for i, r in done.items()}})
 
     if not pending:  # restarted after its last candidate: say so once more
