@@ -60,8 +60,8 @@ def plain_read(folder: Path) -> float:
 
 
 def train_workers(folder: Path, workers: int, run_dir: Path, batch_size: int) -> dict:
-    from search.driver import Scaling
-    from search.train_pu_job import run_train_pu_job
+    from search.session.ray_session import Scaling
+    from search.jobs.train_pu import run_train_pu_job
     from trainers.config import PUConfig
 
     cfg = PUConfig(loss="nnpu", prior=0.3, epochs=1, batch_size=batch_size)
@@ -78,7 +78,7 @@ def texts(n: int, seed: int = 0) -> list[str]:
 
 
 def embed_throughput(n: int, tmp: Path) -> dict:
-    from search.embed_job import run_embed_job
+    from search.jobs.embed import run_embed_job
     from trainers.embed import default_model_dir, embed_file
 
     model = default_model_dir()
@@ -110,7 +110,7 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
-    from search.driver import RAY_ENV
+    from search.session.ray_session import RAY_ENV
 
     os.environ.update(RAY_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="lossforge-scale-"))

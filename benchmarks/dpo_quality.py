@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from search.train_job import length_heuristic
+from search.jobs.train_dpo import length_heuristic
 from trainers.data.pairs import read_pairs
 from trainers.dpo import DPOConfig, train_dpo
 from trainers.embed import default_model_dir
@@ -90,8 +90,8 @@ def pair_recipe(args) -> None:
     """The pair-mode recipe through ``train-dpo``'s own driver; one table from its metrics."""
     from dataclasses import fields
 
-    from search.driver import Scaling
-    from search.train_job import run_train_dpo
+    from search.session.ray_session import Scaling
+    from search.jobs.train_dpo import run_train_dpo
 
     defaults = {f.name: f.default for f in fields(DPOConfig)}
     cfg = DPOConfig(mode="pair", model=args.model or str(default_model_dir()), loss="dpo", epochs=args.epochs,

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from search.background import every  # noqa: E402
-from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import SearchOptions  # noqa: E402
+from search.session.background import every  # noqa: E402
+from search.engine.evaluations import EvaluationLog  # noqa: E402
+from search.engine.options import SearchOptions  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
-from search.tuner import run_search  # noqa: E402
+from search.engine.driver import run_search  # noqa: E402
 
 
 def sample_utilisation(samples: list[float]) -> None:

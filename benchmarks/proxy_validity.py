@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from search.space import TaylorSpace  # noqa: E402
+from search.engine.space import TaylorSpace  # noqa: E402
 from trainers.config import PUConfig  # noqa: E402
 from trainers.data.pu import make_pu_split, split_entropy  # noqa: E402
 from trainers.metrics import classification_metrics  # noqa: E402

@@ -9,7 +9,7 @@ each pack's results. Random search runs N candidates; every other optimiser up t
 x N. Reported per optimiser: the first evaluation at which its best-so-far reaches random
 search's best of N (target for the default: <= N/3), and -- because the best of N noisy values
 is partly luck -- the re-evaluated fitness of its final pick: the product's own re-evaluation
-stage (search.reevaluation with the search's defaults: the top --reevaluate candidates and the
+stage (search.engine.reevaluation with the search's defaults: the top --reevaluate candidates and the
 recommendation retrained next to the controls on fresh folds, the winner by lower confidence
 bound), which is what a user gets.
 """
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from search.options import SearchOptions, with_task_defaults  # noqa: E402
-from search.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
+from search.engine.options import SearchOptions, with_task_defaults  # noqa: E402
+from search.engine.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
-from search.reevaluation import choose_elites, reevaluation_plan, summarise  # noqa: E402
+from search.engine.reevaluation import choose_elites, reevaluation_plan, summarise  # noqa: E402
 from trainers.boundary import DIVERGED_FITNESS  # noqa: E402
 from trainers.pu_pack import run_pack  # noqa: E402
 
@@ -66,7 +66,7 @@ def run_optimizer(name: str, budget: int, pack: int, workers: int, plan, space: 
 
 def final_pick(opt, told, plan, space: TaylorSpace, opts: SearchOptions) -> float:
     """Re-evaluated fitness of what a user gets: the product's own re-evaluation stage
-    (search.reevaluation, the search's defaults) on this optimiser's run -- its elites and
+    (search.engine.reevaluation, the search's defaults) on this optimiser's run -- its elites and
     recommendation retrained next to the controls on fresh folds and seeds, the winner by lower
     confidence bound."""
     ok = [{"id": i, "source": "optimizer", "vector": list(v), "search_fitness": f}

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import SearchOptions, with_task_defaults  # noqa: E402
+from search.engine.evaluations import EvaluationLog  # noqa: E402
+from search.engine.options import SearchOptions, with_task_defaults  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
-from search.tuner import run_search  # noqa: E402
+from search.engine.driver import run_search  # noqa: E402
 
 
 def rung_costs(evaluations, plan, packs: int) -> list[dict]:

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from search.evaluations import EvaluationLog  # noqa: E402
-from search.options import SearchOptions  # noqa: E402
+from search.engine.evaluations import EvaluationLog  # noqa: E402
+from search.engine.options import SearchOptions  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
-from search.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
-from search.tuner import run_search  # noqa: E402
+from search.engine.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
+from search.engine.driver import run_search  # noqa: E402
 from trainers.config import PUConfig  # noqa: E402
 from trainers.pu_pack import PUPackPlan, run_pack  # noqa: E402
 

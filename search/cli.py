@@ -1,7 +1,7 @@
 """``lossforge``: the command line. Each subcommand parses its options and calls one function.
 
 Building the parser imports neither torch, Ray nor Nevergrad (``lossforge --help`` is instant):
-flags come from the config dataclasses (``trainers.config``, ``search.options``), and each
+flags come from the config dataclasses (``trainers.config``, ``search.engine.options``), and each
 command imports what it runs only when it runs.
 
 Exit codes: 0 success; 2 your input (one line: what and where, nothing written); 1 a failure of
@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from search.options import (
+from search.engine.options import (
     DEFAULT_STORAGE,
     SearchOptions,
     add_dataclass_options,
@@ -68,7 +68,7 @@ def add_train_pu(sub) -> None:
 def run_train_pu(args) -> int:
     if args.workers is not None or args.resume:
         return run_train_pu_workers(args)
-    from search.driver import check_output_file, check_output_folder
+    from search.session.ray_session import check_output_file, check_output_folder
     from trainers.pu import classifier_of, finalise, load_tables, train_pu
 
     cfg = _config_from_args(PUConfig, args)
@@ -105,8 +105,8 @@ def _loss_file(loss: str) -> str | None:
 
 
 def run_train_pu_workers(args) -> int:
-    from search.driver import Scaling
-    from search.train_pu_job import run_train_pu_job
+    from search.session.ray_session import Scaling
+    from search.jobs.train_pu import run_train_pu_job
 
     cfg = _config_from_args(PUConfig, args)
     if args.smoke_test:
@@ -134,7 +134,7 @@ def add_predict(sub) -> None:
 
 
 def run_predict_command(args) -> int:
-    from search.predict import run_predict
+    from search.jobs.predict import run_predict
 
     summary = run_predict(args.model, args.data, args.out, args.id_column, args.overwrite, args.address)
     print(f"scored {summary['rows']} rows from {summary['shards']} shard(s) ({summary['positive']} predicted positive, "
@@ -165,12 +165,12 @@ def add_embed(sub) -> None:
 
 
 def run_embed(args) -> int:
-    from search.driver import refuse_inputs, on_cluster
+    from search.session.ray_session import refuse_inputs, on_cluster
 
     refuse_inputs(args.out, [args.input, args.model], folder=True)
 
     if on_cluster(args.address):
-        from search.embed_job import run_embed_job
+        from search.jobs.embed import run_embed_job
 
         summary = run_embed_job(args.input, args.out, args.text_column, args.model, args.rows_per_shard,
                                 args.batch_size, args.max_length, args.dtype, args.address, args.actors,
@@ -206,8 +206,8 @@ def add_train_dpo(sub) -> None:
 
 
 def run_train_dpo_command(args) -> int:
-    from search.driver import Scaling
-    from search.train_job import run_train_dpo
+    from search.session.ray_session import Scaling
+    from search.jobs.train_dpo import run_train_dpo
 
     cfg = _config_from_args(DPOConfig, args)
     if args.smoke_test:
@@ -230,7 +230,7 @@ def add_score_pairs(sub) -> None:
 
 
 def run_score_pairs(args) -> int:
-    from search.train_job import score_pairs_file
+    from search.jobs.train_dpo import score_pairs_file
 
     summary = score_pairs_file(args.model, args.data, args.out, args.batch_size, args.device, args.overwrite)
     print(f"scored {summary['pairs']} pairs at {summary['pairs_per_second']:.0f} pairs/s -> {args.out}")
@@ -283,7 +283,7 @@ def run_search_command(args) -> int:
 
 
 def _run_and_print(task: Task, opts: SearchOptions, resume: bool, address: str | None) -> int:
-    from search.tuner import run_search
+    from search.engine.driver import run_search
 
     summary = run_search(task, opts, resume=resume, address=address, log=lambda m: print(m, flush=True))
     print(f"results in {summary['folder']} ({summary['seconds']:.0f} s)")
@@ -316,7 +316,7 @@ def add_report(sub) -> None:
 
 
 def run_report(args) -> int:
-    from search.report import format_leaderboard, write_report
+    from search.engine.report import format_leaderboard, write_report
 
     check_name(args.name)
     folder = Path(args.storage).expanduser() / args.name
@@ -345,7 +345,7 @@ def add_submit(sub) -> None:
 def run_submit(args) -> int:
     import time
 
-    from search import jobs
+    from search.session import cluster_jobs as jobs
 
     opts = options_from_args(args, task_options_classes())
     if opts.name is None:
@@ -379,7 +379,7 @@ def add_jobs(sub) -> None:
 
 
 def run_jobs(args) -> int:
-    from search import jobs
+    from search.session import cluster_jobs as jobs
 
     for job in jobs.list_jobs(args.address):
         print(f"{job.submission_id or job.job_id}  {job.status}  {job.entrypoint}")
@@ -387,7 +387,7 @@ def run_jobs(args) -> int:
 
 
 def run_logs(args) -> int:
-    from search import jobs
+    from search.session import cluster_jobs as jobs
 
     if args.follow:
         print(f"job {args.job_id}: {jobs.follow(args.address, args.job_id)}")
@@ -397,7 +397,7 @@ def run_logs(args) -> int:
 
 
 def run_stop(args) -> int:
-    from search import jobs
+    from search.session import cluster_jobs as jobs
 
     print(f"job {args.job_id}: {'stop requested' if jobs.stop(args.address, args.job_id) else 'already finished'}")
     return 0
@@ -430,9 +430,9 @@ def disconnect_ray(code: int) -> None:
     a lost node must not hold the finished command. Everything is on disk by then."""
     import os
 
-    if "search.driver" not in sys.modules:
+    if "search.session.ray_session" not in sys.modules:
         return
-    from search.driver import ray_started_here, stop_ray
+    from search.session.ray_session import ray_started_here, stop_ray
 
     if ray_started_here() and not stop_ray(timeout=30.0):
         print("lossforge: the Ray disconnect did not finish in 30 s (a node of the cluster was lost?); "
@@ -460,7 +460,7 @@ def _show_data_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_data_warnings()
-    from search.driver import catch_interrupts
+    from search.session.ray_session import catch_interrupts
 
     replaced = catch_interrupts()
     code = 1  # if anything else escapes: a failure of ours, with its traceback
@@ -472,15 +472,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         import signal
 
-        from search.driver import received_signal
+        from search.session.ray_session import received_signal
 
         code = 128 + received_signal()
         print(f"lossforge {args.command}: interrupted ({signal.Signals(received_signal()).name}): stopped, nothing "
               f"exported from the unfinished run; {resume_hint(args)}", file=sys.stderr, flush=True)
     finally:
         disconnect_ray(code)
-        if "search.lock" in sys.modules:
-            sys.modules["search.lock"].release_all()
+        if "search.session.lock" in sys.modules:
+            sys.modules["search.session.lock"].release_all()
         _restore_handlers(replaced)
     return code
 

@@ -40,7 +40,7 @@ def local_ray():
     """A fresh 2-CPU local cluster per test: a search or a Train job is one driver's job."""
     import ray
 
-    from search.tuner import RAY_ENV
+    from search.engine.driver import RAY_ENV
 
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     yield

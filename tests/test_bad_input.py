@@ -22,8 +22,8 @@ from conftest import write_embeddings
 from test_data import _bad_cases
 
 from search.cli import main
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
 
 X = np.random.default_rng(1).normal(size=(60, 16)).astype(np.float32)
 LABEL = (np.arange(60) % 3 == 0).astype(np.int8)
@@ -111,8 +111,8 @@ def _crafted_state(path: Path, root: Path) -> Path:
 def _search_folder(root: Path, name: str, edit: dict | None = None) -> Path:
     """A finished (fake) search folder: its spec and a log of 2 asks and 2 tells. With ``edit``:
     the log starts with the start record of the spec, then the spec is edited (#21)."""
-    from search.resume import record_start
-    from search.options import with_task_defaults
+    from search.engine.resume import record_start
+    from search.engine.options import with_task_defaults
     from search.tasks import TASKS
 
     folder = root / name
@@ -603,7 +603,7 @@ def test_all_positive_truth_warns_in_one_line(world, capsys):
 def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tmp_path, monkeypatch):
     """Only errors raised for bad input exit 2: a FileNotFoundError from inside a command (a lost
     checkpoint, a bug) escapes main() with its traceback (exit 1 from the entry point)."""
-    import search.report
+    import search.engine.report
 
     folder = tmp_path / "s"
     folder.mkdir()
@@ -612,7 +612,7 @@ def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tm
     def lost_file(*args, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", str(folder / "train" / "checkpoint.pt"))
 
-    monkeypatch.setattr(search.report, "write_report", lost_file)
+    monkeypatch.setattr(search.engine.report, "write_report", lost_file)
     with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
         main(["report", "s", "--storage", str(tmp_path)])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from raycluster import REPO, files_growth, find_processes, kill_cluster, process_parent, raylet_pids, wait_exit, wait_for
 
-from search.evaluations import EvaluationLog
+from search.engine.evaluations import EvaluationLog
 from trainers.boundary import PackReport
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def train_worker_on_a_worker_node(cluster) -> int | None:
 
 def test_losing_a_node_restarts_the_pack_from_its_checkpoint(cluster, tmp_path):
     # Once in three runs the driver's Ray disconnect hung for minutes after the search had
-    # finished (a dead node's raylet); the CLI now bounds it at 30 s (search.tuner.stop_ray).
+    # finished (a dead node's raylet); the CLI now bounds it at 30 s (search.engine.driver.stop_ray).
     log = EvaluationLog(tmp_path / "node")
     driver = cluster.lossforge("search", "--address", cluster.address, "--name", "node", "--storage", str(tmp_path),
                                "--budget", "6", "--pack", "2", "--epochs", "10", "--concurrency", "1",

@@ -7,11 +7,11 @@ import signal
 import pytest
 from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
 from search.tasks import TASKS
 from search.tasks.preference import PreferenceSearchOptions
-from search.tuner import run_search
+from search.engine.driver import run_search
 from trainers.losses.preference_taylor import PreferenceTaylorLoss
 from trainers.scorer import PreferenceScorer
 
@@ -74,8 +74,8 @@ def test_dpo_search_tells_every_candidate_exports_the_best_and_scores_it_on_test
 
 
 def test_train_dpo_with_two_data_parallel_workers(tmp_path, local_ray):
-    from search.driver import Scaling
-    from search.train_job import run_train_dpo
+    from search.session.ray_session import Scaling
+    from search.jobs.train_dpo import run_train_dpo
     from trainers.dpo import DPOConfig
 
     lines = []

@@ -169,7 +169,7 @@ def test_every_loss_trains_one_epoch_to_a_finite_loss_and_agreement():
 def test_a_run_that_goes_non_finite_after_a_good_epoch_is_diverged_as_in_a_search_pack():
     """One definition of "diverged": train_dpo does not call a run ok because an earlier epoch
     was good (a search pack scores the same run -1000)."""
-    from search.space import PreferenceTaylorSpace
+    from search.engine.space import PreferenceTaylorSpace
     from trainers.dpo import diverged, taylor_pair_loss
 
     space = PreferenceTaylorSpace(order=2)

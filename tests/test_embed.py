@@ -197,8 +197,8 @@ def test_ray_data_pipeline_matches_in_process_and_resumes(tmp_path, tiny_model):
     same embeddings as in-process; a crashed run continues, skipping the files already written."""
     import ray
 
-    from search.embed_job import MANIFEST, run_embed_job
-    from search.tuner import RAY_ENV
+    from search.jobs.embed import MANIFEST, run_embed_job
+    from search.engine.driver import RAY_ENV
 
     texts = _texts(60)
     src = tmp_path / "in"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from search.cli import build_parser, main
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
 from search.tasks import TASKS, task_options_classes
 from search.tasks.pu import PUSearchOptions
 from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackReport
@@ -29,7 +29,7 @@ def test_bad_search_options_fail_before_ray_starts(tmp_path, capsys):
 
 
 def test_submit_passes_every_search_option_through():
-    from search.options import options_from_args, search_argv
+    from search.engine.options import options_from_args, search_argv
 
     args = build_parser().parse_args(["submit", "--name", "s", "--budget", "100", "--gpus-per-worker", "0.25",
                                       "--seed-losses", "pan,nnpu", "--order", "3", "--train", "/data/a",
@@ -44,8 +44,8 @@ def test_submit_passes_every_search_option_through():
 
 
 def test_pack_auto_spreads_the_budget_over_one_round_within_caps():
-    from search.options import options_from_args
-    from search.tuner import auto_pack
+    from search.engine.options import options_from_args
+    from search.engine.driver import auto_pack
 
     pu, dpo = TASKS["pu"], TASKS["dpo"]
 
@@ -110,8 +110,8 @@ def test_only_input_errors_are_one_line_and_exit_2_a_bug_keeps_its_traceback(mon
 
 def test_the_searchers_replay_continues_exactly_where_the_log_stops(tmp_path):
     """Asks, tells, pending packs and the optimiser's state come back from the log alone."""
-    from search.searcher import PackSearcher
-    from search.space import TaylorSpace
+    from search.engine.searcher import PackSearcher
+    from search.engine.space import TaylorSpace
 
     space = TaylorSpace(2)
     seeds = [("pan", space.seed_point("pan"))]
@@ -142,7 +142,7 @@ def test_the_searchers_replay_continues_exactly_where_the_log_stops(tmp_path):
 
 
 def test_no_working_dir_runs_the_clusters_own_lossforge():
-    from search.jobs import job_spec
+    from search.session.cluster_jobs import job_spec
 
     entrypoint, env = job_spec(["--budget", "4"], working_dir=False)
     assert entrypoint == "lossforge search --budget 4"
@@ -153,10 +153,10 @@ def test_no_working_dir_runs_the_clusters_own_lossforge():
 
 def _finished_log(folder, budget=4, pack=2):
     """A finished search's log, written through the real searcher."""
-    from search.searcher import PackSearcher
+    from search.engine.searcher import PackSearcher
 
     folder.mkdir(parents=True, exist_ok=True)
-    from search.space import TaylorSpace
+    from search.engine.space import TaylorSpace
 
     searcher = PackSearcher(TaylorSpace(2), "TwoPointsDE", budget, pack, pack, 0, EvaluationLog(folder), progress=lambda m: None)
     for t in range(budget // pack):
@@ -170,8 +170,8 @@ def test_a_torn_last_line_at_any_offset_is_repaired_and_its_pack_alone_reported_
     """Truncate the log at every byte of its last event (a crash inside the write), repair, replay:
     exactly the cut candidate is pending, its pack is re-dispatched for it alone, the result the
     pack reports again is told once, and the log parses -- the budget exactly, nothing lost."""
-    from search.searcher import PackSearcher
-    from search.space import TaylorSpace
+    from search.engine.searcher import PackSearcher
+    from search.engine.space import TaylorSpace
 
     _finished_log(tmp_path / "full")
     full = (tmp_path / "full" / "evaluations.jsonl").read_bytes()
@@ -211,7 +211,7 @@ def test_a_corrupt_interior_line_is_refused_before_ray_starts(tmp_path, capsys):
 
 
 def test_the_live_progress_reader_leaves_a_half_written_line_for_later(tmp_path):
-    from search.train_job import _progress_printer
+    from search.jobs.train_dpo import _progress_printer
 
     path, lines = tmp_path / "progress.jsonl", []
     printer = _progress_printer(path, 3, lines.append)

@@ -109,7 +109,7 @@ def test_search_on_a_sample_then_train_on_everything_then_predict_all_from_the_b
     predictions written back to it by Ray tasks."""
     import ray
 
-    from search.tuner import RAY_ENV
+    from search.engine.driver import RAY_ENV
 
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     try:

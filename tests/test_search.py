@@ -11,12 +11,12 @@ import ray
 from trainers.errors import UsageError
 
 from search.cli import main
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
-from search.searcher import PackSearcher
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
+from search.engine.searcher import PackSearcher
 from search.tasks import TASKS, load_search
 from search.tasks.pu import PUSearchOptions
-from search.tuner import run_search
+from search.engine.driver import run_search
 from trainers.boundary import DIVERGED_FITNESS
 from trainers.losses.taylor import TaylorLoss
 

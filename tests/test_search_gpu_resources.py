@@ -7,12 +7,12 @@ import pytest
 import ray
 import torch
 
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
 from search.tasks import TASKS
 from search.tasks.pu import PUSearchOptions
-from search.driver import default_concurrency
-from search.tuner import RAY_ENV, run_search
+from search.session.ray_session import default_concurrency
+from search.engine.driver import RAY_ENV, run_search
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import signal
 import pytest
 from raycluster import exit_code, kill_session, lossforge, wait_while_progressing
 
-from search.evaluations import EvaluationLog
+from search.engine.evaluations import EvaluationLog
 
 pytestmark = pytest.mark.slow
 

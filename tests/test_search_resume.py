@@ -7,7 +7,7 @@ import time
 import pytest
 from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
-from search.evaluations import EvaluationLog
+from search.engine.evaluations import EvaluationLog
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from search import lock as locks
+from search.session import lock as locks
 from search.cli import main
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
-from search.resume import record_start
-from search.options import with_task_defaults
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
+from search.engine.resume import record_start
+from search.engine.options import with_task_defaults
 from search.tasks import TASKS
 from trainers.errors import UsageError
 
@@ -42,7 +42,7 @@ def _started_search(storage: Path, name: str, asked: int = 2, told: int = 2) -> 
 
 
 def test_a_copied_folder_resumes_where_it_lies_not_where_search_json_says(tmp_path, monkeypatch):
-    from search.tuner import prepare_search
+    from search.engine.driver import prepare_search
 
     original = _started_search(tmp_path / "st", "sig1")
     shutil.copytree(original, tmp_path / "st2" / "sig1")
@@ -60,7 +60,7 @@ def test_a_copied_folder_resumes_where_it_lies_not_where_search_json_says(tmp_pa
 
 
 def test_a_new_search_json_holds_no_storage_path(tmp_path):
-    from search.tuner import prepare_search
+    from search.engine.driver import prepare_search
 
     try:
         opts, _ = prepare_search(TASKS["pu"], SearchOptions(name="n", storage=str(tmp_path), budget=2), resume=False)
@@ -74,7 +74,7 @@ def test_a_new_search_json_holds_no_storage_path(tmp_path):
 
 def _holder(folder: Path, lease: bool = False) -> subprocess.Popen:
     """Another process that takes the folder's lock and keeps it until killed."""
-    code = (f"import sys, time; sys.argv = ['lossforge', 'resume', 'held']; from search.lock import RunLock; "
+    code = (f"import sys, time; sys.argv = ['lossforge', 'resume', 'held']; from search.session.lock import RunLock; "
             f"RunLock({str(folder)!r}, lease={lease}).acquire(); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -155,7 +155,7 @@ def test_an_interrupt_stops_a_command_with_130_or_143_one_line_and_no_output(tmp
 
 
 def test_a_reevaluation_is_kept_only_while_the_log_holds_what_it_saw():
-    from search.reevaluation import _still_current
+    from search.engine.reevaluation import _still_current
 
     chosen = [{"id": -1, "search_fitness": None}, {"id": 3, "search_fitness": 0.5}, {"id": 8, "search_fitness": None}]
     assert _still_current({"log_told": 8, "rows": []}, 8, chosen)
@@ -166,7 +166,7 @@ def test_a_reevaluation_is_kept_only_while_the_log_holds_what_it_saw():
 
 
 def test_elites_skip_copies_of_a_control_or_of_a_better_elite():
-    from search.reevaluation import choose_elites
+    from search.engine.reevaluation import choose_elites
 
     pan = {"name": "pan", "coefficients": [1.0, 2.0], "center": [0.5]}
     told = [{"id": 0, "source": "seed:pan", "vector": [1.0, 2.0, 0.5], "search_fitness": 0.9},
@@ -190,7 +190,7 @@ def test_save_with_overwrite_replaces_the_folder_instead_of_merging(tmp_path, ca
 
 
 def test_a_resume_checks_the_checkpoints_it_will_load_not_every_finished_packs(tmp_path):
-    from search.resume import resumed_runs
+    from search.engine.resume import resumed_runs
 
     folder = _started_search(tmp_path, "s", asked=4, told=2)  # pack 0 told, pack 1 owed
     (folder / "train" / "reevaluation-4").mkdir(parents=True)

@@ -3,7 +3,7 @@ can be built from them instantly (``lossforge --help``) and they can cross the R
 
 Each field's ``metadata`` carries its ``--help`` text (and, where useful, ``choices`` or
 ``cli=False`` for fields that are not command-line options). The command line is derived from
-these fields (``search.options.add_dataclass_options``), so an option is written down once.
+these fields (``search.engine.options.add_dataclass_options``), so an option is written down once.
 """
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ report on the test split and the plot of the best loss. Each task lives in its o
 module and a line in :data:`TASKS`.
 
 The command line resolves ``--task`` here, once, and passes the task object down; the generic
-modules (``search.tuner``, ``search.trial``, ``search.report``, ``search.reevaluation``) take it
+modules (``search.engine.driver``, ``search.engine.trial``, ``search.engine.report``, ``search.engine.reevaluation``) take it
 as an argument and never import a task.
 
-    driver (run_search) --TrialSetup--> trial (search.trial) --PackJob--> worker loop
+    driver (run_search) --TrialSetup--> trial (search.engine.trial) --PackJob--> worker loop
           ^                                                                 |
           +--------------- searcher <-- PackReport (via Tune) --------------+
 """
@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-from search.options import SearchOptions
+from search.engine.options import SearchOptions
 from search.tasks.preference import PreferenceTask
 from search.tasks.pu import PUTask
 from trainers.errors import UsageError
@@ -35,7 +35,7 @@ class Task(Protocol):
     default_epochs: int
     default_seed_losses: list[str]
 
-    def space(self, order: int): ...  # a search.space.LossSpace
+    def space(self, order: int): ...  # a search.engine.space.LossSpace
 
     def validate(self, opts: SearchOptions) -> None: ...  # task checks (common ones: validate_common)
 
@@ -74,12 +74,12 @@ def task_options_classes() -> dict[str, type]:
 
 def load_search(folder: str | Path) -> tuple[Task, SearchOptions]:
     """The task and options a search in ``folder`` was started with (its search.json)."""
-    from search.driver import RunFolder
-    from search.report import SPEC_FILE
+    from search.session.ray_session import RunFolder
+    from search.engine.report import SPEC_FILE
 
     if not (Path(folder) / SPEC_FILE).is_file():
         raise UsageError(f"{folder} is not a lossforge search (no {SPEC_FILE})")
-    from search.resume import options_from_spec
+    from search.engine.resume import options_from_spec
 
     run = RunFolder(Path(folder), SPEC_FILE, "")
     opts = options_from_spec(run.load_spec(), run.spec_path, lambda name: get_task(name).options_class)

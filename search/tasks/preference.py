@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typing import Callable
 
-from search.options import SearchOptions
+from search.engine.options import SearchOptions
 from trainers.config import opt
 from trainers.errors import UsageError
 
@@ -40,7 +40,7 @@ class PreferenceTask:
     pack_candidates = 16
 
     def space(self, order: int):
-        from search.space import PreferenceTaylorSpace
+        from search.engine.space import PreferenceTaylorSpace
 
         return PreferenceTaylorSpace(order=order)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from search.options import SearchOptions
+from search.engine.options import SearchOptions
 from trainers.config import (
     DEFAULT_VAL_METRIC, FITNESS_NEEDS_PRIOR, LABELLING_HELP, LABELLINGS, PU_FITNESS, SEARCH_DEFAULT_FITNESS,
     TRUTH_FITNESS, VAL_HELP, VAL_METRICS, VAL_SIZE_HELP, check_validation_options, opt,
@@ -100,7 +100,7 @@ class PUTask:
     default_epochs, default_seed_losses = 10, ["pan"]
 
     def space(self, order: int):
-        from search.space import TaylorSpace
+        from search.engine.space import TaylorSpace
 
         return TaylorSpace(order=order)
 
@@ -187,7 +187,7 @@ class PUTask:
         return pu_pack_worker_loop
 
     def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None:
-        from search.reevaluation import reevaluate_elites
+        from search.engine.reevaluation import reevaluate_elites
 
         if opts.task_options.reevaluate > 0:
             reevaluate_elites(folder, opts, plan, searcher, self.space(opts.order), self.worker_loop(), log)
@@ -268,7 +268,7 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
 
 
 def _exported_control(folder: Path) -> str | None:
-    from search.reevaluation import read_reevaluation
+    from search.engine.reevaluation import read_reevaluation
 
     record = read_reevaluation(folder)
     if not record or record.get("winner") is None:

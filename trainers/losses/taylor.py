@@ -277,7 +277,7 @@ class TaylorLoss:
         return cls(order=order, coefficients=coefficients, center=tuple(float(c) for c in center), name=name)
 
 
-# A search's coefficients lie within +-10 (search.space); far larger ones only overflow in training.
+# A search's coefficients lie within +-10 (search.engine.space); far larger ones only overflow in training.
 MAX_COEFFICIENT = 1e6
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from search.lock import hold
+from search.session.lock import hold
 from trainers.checkpoints import check_checkpoints
 from trainers.errors import DataError, UsageError
 from trainers.files import check_writable_folder, read_json, write_json
@@ -348,8 +348,8 @@ def run_single_job(loop, config: dict, scaling: Scaling, folder: Path, run_name:
     checkpoint), rank 0's reports appended to ``progress`` and printed as they come by
     ``printer``; then ``after_fit()`` (e.g. raise a worker's data error as the user's), and the
     state the last checkpoint holds."""
-    from search.background import every
-    from search.progress import ReportFile
+    from search.session.background import every
+    from search.session.progress import ReportFile
     from trainers.loop import STATE_FILE
 
     trainer = train_job(loop, config, scaling, run_name, str(folder / "ray"), keep=1, callbacks=[ReportFile(progress)])

@@ -17,13 +17,13 @@ import os
 import time
 from dataclasses import replace
 
-from search.driver import RAY_ENV, RunFolder, Scaling, default_concurrency, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
-from search.evaluations import EvaluationLog
-from search.lock import release_all
-from search.options import SearchOptions, check_name, with_task_defaults
+from search.session.ray_session import RAY_ENV, RunFolder, Scaling, default_concurrency, start_ray, start_run  # noqa: F401 - RAY_ENV re-exported
+from search.engine.evaluations import EvaluationLog
+from search.session.lock import release_all
+from search.engine.options import SearchOptions, check_name, with_task_defaults
 from trainers.data.storage import normalise
-from search.report import SPEC_FILE, format_leaderboard, write_report
-from search.resume import check_resume, record_start, resumed_runs
+from search.engine.report import SPEC_FILE, format_leaderboard, write_report
+from search.engine.resume import check_resume, record_start, resumed_runs
 from trainers.files import write_json
 
 FINAL_REPORT = "final_report.json"
@@ -53,7 +53,7 @@ def prepare_search(task, opts: SearchOptions, resume: bool):
             check_resume(opts, EvaluationLog(folder.path), folder.spec_path, lambda: task.space(opts.order).dimension)
         task.validate(opts)
         space = task.space(opts.order)  # raises on a bad order
-        from search.space import check_optimizer
+        from search.engine.space import check_optimizer
 
         check_optimizer(opts.optimizer)
         for name in opts.seed_losses:
@@ -115,7 +115,7 @@ def _run_search(task, opts: SearchOptions, resume: bool, address: str | None, lo
 
 
 def _searcher(opts, task, inputs, evaluation_log, pack, concurrency, log, searcher_class):
-    from search.searcher import PackSearcher
+    from search.engine.searcher import PackSearcher
 
     space = task.space(opts.order)
     seeds = task.seed_vectors(opts, inputs)
@@ -127,8 +127,8 @@ def run_trials(opts: SearchOptions, task, plan, searcher, pack: int, concurrency
     """Tune runs the packs the budget still needs; returns the seconds it took."""
     from ray import tune
 
-    from search.progress import PackProgress
-    from search.trial import TrialSetup, trainable
+    from search.session.progress import PackProgress
+    from search.engine.trial import TrialSetup, trainable
 
     folder = opts.folder()
     packs = searcher.packs_to_run()

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 from ray.tune.search import Searcher
 
-from search.evaluations import EvaluationLog
-from search.space import LossSpace, make_nevergrad_optimizer
+from search.engine.evaluations import EvaluationLog
+from search.engine.space import LossSpace, make_nevergrad_optimizer
 from trainers.boundary import DIVERGED_FITNESS, PackReport
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from search.evaluations import Evaluation, EvaluationLog
-from search.options import SearchOptions
-from search.reevaluation import format_reevaluation, read_reevaluation
+from search.engine.evaluations import Evaluation, EvaluationLog
+from search.engine.options import SearchOptions
+from search.engine.reevaluation import format_reevaluation, read_reevaluation
 from trainers.errors import DataWarning, UsageError
 from trainers.files import read_json, write_text_atomic
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search.driver import Scaling
-from search.progress import report_printer
+from search.session.ray_session import Scaling
+from search.session.progress import report_printer
 from trainers.data.pairs import PreferencePairs, read_pairs, split_by_prompt
 from trainers.dpo import DPOConfig, default_pairs, diverged, save_scorer
 from trainers.errors import UsageError
@@ -51,7 +51,7 @@ def score(scorer_folder: str | Path, pairs: PreferencePairs) -> dict:
 def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str, scaling: Scaling = Scaling(),
                   resume: bool = False, address: str | None = None, log=print) -> dict:
     """Train (or resume) a preference classifier as a Ray Train job, save its scorer, score the test pairs."""
-    from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
+    from search.session.ray_session import RunFolder, local_run_folder, run_single_job, start_ray, start_run
 
     started = time.perf_counter()
     folder = RunFolder(local_run_folder(out, "--out"), SPEC_FILE, "the same command with --resume")
@@ -173,7 +173,7 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     with labels in ``data``, also the agreement. Nothing is written when anything fails."""
     import pyarrow as pa
 
-    from search.driver import check_output_file
+    from search.session.ray_session import check_output_file
     from trainers.data.storage import write_bytes, write_parquet
     from trainers.data.pairs import pairs_from_table
     from trainers.data.shards import read_records

@@ -122,7 +122,7 @@ def run_embed_job(input_path: str, out: str, text_column: str = "text", model_di
     """Embed every input file (a file, a folder or a glob; paths or URIs) into shards in ``out``."""
     import ray
 
-    from search.driver import start_ray
+    from search.session.ray_session import start_ray
     from trainers.embed import _resolve_model_dir, check_embed_options
 
     started = time.perf_counter()

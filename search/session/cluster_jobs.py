@@ -59,7 +59,7 @@ def _call(address: str | None, fn):
 
 def job_spec(search_argv: list[str], working_dir: bool = True, env_vars: dict | None = None) -> tuple[str, dict]:
     """(entrypoint, runtime_env) of ``lossforge search SEARCH_ARGV`` as a Ray job."""
-    from search.driver import RAY_ENV
+    from search.session.ray_session import RAY_ENV
 
     runtime_env: dict = {"env_vars": {**RAY_ENV, "PYTHONUNBUFFERED": "1", **(env_vars or {})}}
     if working_dir:

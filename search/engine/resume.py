@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
-from search.evaluations import EvaluationLog
-from search.options import SearchOptions
+from search.engine.evaluations import EvaluationLog
+from search.engine.options import SearchOptions
 from trainers.errors import DataError
 
 MAY_CHANGE = ("name", "storage", "budget", "concurrency", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
@@ -98,7 +98,7 @@ def check_dimension(events: list[dict], order: int, spec_path: Path, dimension: 
 def resumed_runs(folder: Path) -> list[Path]:
     """The Train runs whose checkpoints a resume loads: the packs still owed a tell, and the
     re-evaluation (a finished pack's checkpoints are never read again)."""
-    from search.trial import train_run_name
+    from search.engine.trial import train_run_name
 
     events = EvaluationLog(folder).events()
     told = {e["id"] for e in events if e["event"] == "tell"}

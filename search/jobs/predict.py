@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from search.driver import on_cluster
+from search.session.ray_session import on_cluster
 from trainers.classifier import PUClassifier, check_scorable, score_shard
 from trainers.data.shards import open_shards
 from trainers.data.storage import join, list_files, write_parquet
@@ -40,7 +40,7 @@ def score_one(job: ShardJob):
 
 
 def _targets(out: str, sources: list[str], data: str, overwrite: bool, model: str) -> list[str | None]:
-    from search.driver import check_output_file, check_output_folder
+    from search.session.ray_session import check_output_file, check_output_folder
 
     if out.lower().endswith(".parquet"):
         check_output_file(out, [data, model, *sources], overwrite, (".parquet",))
@@ -94,7 +94,7 @@ def _run_on_ray(jobs: list[ShardJob], address: str | None) -> list[pa.Table]:
     """One task per shard; a DataError inside a task comes back as that one line."""
     import ray
 
-    from search.driver import start_ray
+    from search.session.ray_session import start_ray
 
     start_ray(address)
     task = ray.remote(num_cpus=1)(score_one)

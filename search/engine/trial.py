@@ -13,7 +13,7 @@ from typing import Callable
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from search.driver import Scaling, train_job
+from search.session.ray_session import Scaling, train_job
 from trainers.boundary import PackJob
 
 
@@ -22,7 +22,7 @@ class TrialSetup:
     """What every trial of a search shares: the task's space (vectors -> candidates), its worker
     loop and plan, resources, and where Train runs live."""
 
-    space: object  # a search.space.LossSpace
+    space: object  # a search.engine.space.LossSpace
     worker_loop: Callable[[dict], None]
     plan: object  # the task's plan dataclass (PUPackPlan, DPOPackPlan)
     scaling: Scaling

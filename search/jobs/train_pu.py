@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from search.driver import Scaling
-from search.progress import last_report, report_printer
-from search.train_job import _absolute
+from search.session.ray_session import Scaling
+from search.session.progress import last_report, report_printer
+from search.jobs.train_dpo import _absolute
 from trainers.boundary import PUTrainJob
 from trainers.config import PUConfig
 from trainers.errors import DataError, UsageError
@@ -41,7 +41,7 @@ def _pu_inputs(address: str | None, overwrite: bool, resume: bool):
     """Validate the options, read the footers and label columns, check the outputs."""
 
     def read(spec: dict):
-        from search.driver import check_output_file, check_output_folder
+        from search.session.ray_session import check_output_file, check_output_folder
         from trainers.data.pu import PUData
         from trainers.data.shards import LABEL, LABELLED, EmbeddingTable, open_shards, read_labels, read_table
         from trainers.pu import prior_for, resolve_loss
@@ -82,7 +82,7 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
                      scaling: Scaling = Scaling(), resume: bool = False, address: str | None = None,
                      out: str | None = None, overwrite: bool = False, log=print) -> dict:
     """Train (or resume) one classifier as a Ray Train job; save it; score the test set once."""
-    from search.driver import RunFolder, local_run_folder, run_single_job, start_ray, start_run
+    from search.session.ray_session import RunFolder, local_run_folder, run_single_job, start_ray, start_run
     from trainers.loop import pu_worker_loop
 
     started = time.perf_counter()

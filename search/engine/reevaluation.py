@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.evaluations import EvaluationLog
+from search.engine.evaluations import EvaluationLog
 from trainers.boundary import CandidateResult, PackJob, PackReport
 from trainers.files import read_json, write_json
 
@@ -85,9 +85,9 @@ def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tupl
 def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, log) -> dict:
     """Run (or finish, or skip) the re-evaluation stage and write its files. ``space`` and
     ``worker_loop`` are the task's (the elites' vectors become candidates of that space)."""
-    from search.background import every
-    from search.driver import train_job
-    from search.progress import ReportFile, pack_line, report_printer
+    from search.session.background import every
+    from search.session.ray_session import train_job
+    from search.session.progress import ReportFile, pack_line, report_printer
     path = folder / REEVALUATION_FILE
     told = len(EvaluationLog(folder).told())
     chosen = elites(folder, opts, searcher, plan)
@@ -119,7 +119,7 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
 def reevaluation_scaling(opts):
     """One job for the stage, given the CPUs of every trial slot: the search's trials are over,
     and one worker on one CPU would leave the others idle for the longest stage of a small search."""
-    from search.driver import Scaling, default_concurrency
+    from search.session.ray_session import Scaling, default_concurrency
 
     slots = opts.concurrency or default_concurrency(opts)
     return Scaling(opts.workers_per_trial, opts.cpus_per_worker * slots, opts.gpus_per_worker, opts.max_failures)

@@ -1,0 +1,1 @@
+"""The single-job commands: train-dpo, train-pu --workers, embed and predict, each one Ray job."""
