@@ -44,14 +44,14 @@ def worker_context() -> tuple[int, int, torch.device]:
     return context.get_world_rank(), context.get_world_size(), device
 
 
-def assigned_devices() -> str:
-    """What this worker was given and trains on, e.g. ``cpu (GPU 2 x0.25 assigned, CUDA absent)``."""
-    resources = ray.get_runtime_context().get_assigned_resources()
-    device = str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
-    if resources.get("GPU"):
-        gpus = ",".join(str(g) for g in ray.get_gpu_ids())
-        device += f" (GPU {gpus} x{resources['GPU']:g} assigned{'' if torch.cuda.is_available() else ', CUDA absent'})"
-    return device
+def assigned_devices(device: torch.device) -> str:
+    """What this worker was given and trains on (``device``, from :func:`worker_context`), e.g.
+    ``cpu (GPU 2 x0.25 assigned, CUDA absent)``."""
+    share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    if not share:
+        return str(device)
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return f"{device} (GPU {gpus} x{share:g} assigned{'' if device.type == 'cuda' else ', CUDA absent'})"
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:
@@ -131,7 +131,7 @@ def pu_pack_worker_loop(config: dict) -> None:
     job: PackJob = config["job"]
     started = time.perf_counter()
     rank, world, device = worker_context()
-    devices = assigned_devices()
+    devices = assigned_devices(device)
     ids = [c["id"] for c in job.candidates]
     state = _pack_state(restore(), ids)
     resumed_from = 0 if state is None else state.rung
@@ -370,6 +370,7 @@ def dpo_pack_worker_loop(config: dict) -> None:
     job: PackJob = config["job"]
     started = time.perf_counter()
     rank, world, device = worker_context()
+    devices = assigned_devices(device)
     cfg, prep = _dpo_prepare(job.plan.dpo, job.plan.train, device)
     initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
     done = {int(i): CandidateResult.from_dict(r) for i, r in (restore() or {}).get("done", {}).items()}
@@ -380,7 +381,7 @@ def dpo_pack_worker_loop(config: dict) -> None:
         results = [done[c["id"]] for c in job.candidates if c["id"] in done]
         pack_report = PackReport(results, len(results), len(job.candidates), finished, len(job.candidates) - len(results),
                                  train_seconds=train_seconds, worker_seconds=time.perf_counter() - started,
-                                 unit="candidate", device=assigned_devices())
+                                 unit="candidate", device=devices)
         report(pack_report.to_dict(), rank, {"done": {i: r.to_dict() for i, r in done.items()}})
 
     if not pending:  # restarted after its last candidate: say so once more

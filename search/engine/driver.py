@@ -98,7 +98,9 @@ def _run_search(task, opts: SearchOptions, resume: bool, address: str | None, lo
         log(f"the evaluation log ended in a torn line ({dropped} bytes, kept in {evaluation_log.path.name}.torn-*): "
             "cut off; its pack will report again")
     start_ray(address)
-    concurrency = opts.concurrency or default_concurrency(opts)
+    # Resolved once: the trials and the re-evaluation after them share the same slots.
+    opts = replace(opts, concurrency=opts.concurrency or default_concurrency(opts))
+    concurrency = opts.concurrency
     pack = opts.pack or auto_pack(task, opts, concurrency)
     plan = task.plan(opts, inputs)
     searcher = _searcher(opts, task, inputs, evaluation_log, pack, concurrency, log, searcher_class)

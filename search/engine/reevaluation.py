@@ -50,14 +50,15 @@ def choose_elites(told: list[dict], recommendation, controls: list[dict], reeval
                "search_fitness": None} for i, c in enumerate(controls)]
     recommended = {"id": recommendation_id, "source": "recommendation", "search_fitness": None,
                    "vector": np.asarray(recommendation, dtype=float).tolist()}
-    ranked = sorted(told, key=lambda e: (-e["search_fitness"], e["id"]))
-    elites = 0
-    for e in ranked + [recommended]:
-        if e is not recommended and elites == reevaluate:
-            continue
-        if not any(np.allclose(e["vector"], c["vector"], atol=1e-9) for c in chosen):
+    def new(e: dict) -> bool:
+        return not any(np.allclose(e["vector"], c["vector"], atol=1e-9) for c in chosen)
+
+    searched = len(chosen) + reevaluate
+    for e in sorted(told, key=lambda e: (-e["search_fitness"], e["id"])):
+        if len(chosen) < searched and new(e):
             chosen.append(e)
-            elites += e is not recommended
+    if new(recommended):
+        chosen.append(recommended)
     return chosen
 
 
@@ -119,9 +120,9 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
 def reevaluation_scaling(opts):
     """One job for the stage, given the CPUs of every trial slot: the search's trials are over,
     and one worker on one CPU would leave the others idle for the longest stage of a small search."""
-    from search.session.ray_session import Scaling, default_concurrency
+    from search.session.ray_session import Scaling
 
-    slots = opts.concurrency or default_concurrency(opts)
+    slots = opts.concurrency or 1  # the search driver resolved it before the trials
     return Scaling(opts.workers_per_trial, opts.cpus_per_worker * slots, opts.gpus_per_worker, opts.max_failures)
 
 
