@@ -78,6 +78,17 @@ def test_sar_group_without_a_group_column_clusters_the_positives():
     assert not np.array_equal(labelled, pu_labels(train, 0.1, seed=0))
 
 
+def test_sar_group_with_one_positive_group_clusters_the_positives():
+    """One class against the rest (AG News Business, DBpedia Company): the group column gives every
+    positive the same value, which would make sar-group uniform; the clusters bias it instead."""
+    table = grouped_table(n_groups=1, per_group=3000)
+    positives = np.flatnonzero(table.label == 1)
+    n = round(0.1 * len(positives))
+    e = labelling_propensities(table, positives, n, "sar-group", np.random.default_rng([4, 1]))
+    assert e.sum() == pytest.approx(n, rel=1e-6)
+    assert e.max() / e.min() == pytest.approx(SAR_GROUP_RATIO)  # two tiers, not SCAR's one
+
+
 def test_validation_rows_never_reach_training():
     train, _ = synthetic_pu_problem()
     data = PUData.from_table(train, 0.1, seed=1, val_size=200)

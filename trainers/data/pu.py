@@ -257,9 +257,13 @@ def labelling_propensities(table: EmbeddingTable, positives: np.ndarray, n: int,
 
 
 def positive_groups(table: EmbeddingTable, positives: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The positives' groups: the data's group column, else k-means clusters of their embeddings."""
+    """The positives' groups: the data's group column, else k-means clusters of their embeddings.
+    A column that gives every positive the same group (one class against the rest) cannot bias the
+    labelling, so it falls back to the clusters too."""
     if table.group is not None:
-        return np.asarray(table.group)[positives]
+        groups = np.asarray(table.group)[positives]
+        if len(np.unique(groups)) > 1:
+            return groups
     return kmeans(table.x[positives].astype(np.float64), min(SAR_GROUP_CLUSTERS, len(positives)), rng)
 
 
