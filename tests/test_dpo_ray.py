@@ -73,6 +73,31 @@ def test_dpo_search_tells_every_candidate_exports_the_best_and_scores_it_on_test
     assert (folder / "loss_slices.png").stat().st_size > 0
 
 
+def test_pair_mode_search_trains_over_one_cache_and_scores_best_and_dpo_on_test(tmp_path, local_ray):
+    """``search --task dpo --mode pair``: every pack trains its candidates over the lower-layer
+    state cache (filled once, shared by packs and the final report), the fitness is the pair
+    judge's validation agreement, and the best loss and dpo are scored on the test pairs."""
+    from trainers.dpo import default_pairs
+
+    lines, cache = [], tmp_path / "cache"
+    options = PreferenceSearchOptions(mode="pair", top_layers=1, cache_dir=str(cache), max_pairs=300)
+    opts = SearchOptions(task="dpo", name="p", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
+                         task_options=options)
+    run_search(TASKS["dpo"], opts, log=lines.append)
+    folder = tmp_path / "p"
+    told = EvaluationLog(folder).told()
+    assert sorted(e.id for e in told) == [0, 1, 2, 3]
+    assert all(e.status == "ok" and 0.0 <= e.fitness <= 1.0 for e in told), told
+    # Pair mode caches the distinct texts of the whole pair set (test texts are encoded raw, as served).
+    train, _ = default_pairs(0)
+    states = list(cache.rglob("*.bin"))
+    assert 0 < len(states) <= len(set(train.a) | set(train.b)) and not list(cache.rglob("*.tmp"))
+    final = json.loads((folder / "final_report.json").read_text())
+    assert set(final) == {"best", "dpo"}
+    assert all(0.0 < final[k]["test_agreement"] <= 1.0 and final[k]["status"] == "ok" for k in final)
+    assert json.loads((folder / "search.json").read_text())["task_options"]["mode"] == "pair"
+
+
 def test_train_dpo_with_two_data_parallel_workers(tmp_path, local_ray):
     from search.session.ray_session import Scaling
     from search.jobs.train_dpo import run_train_dpo

@@ -220,8 +220,9 @@ def test_saved_scorer_reproduces_the_trained_model_and_ranks_with_n_scorings(tra
 def test_score_pairs_cli_writes_every_row_with_its_probability(trained_scorer, tmp_path, capsys):
     folder, _ = trained_scorer
     data = write_jsonl(tmp_path / "in.jsonl", [
-        {"prompt": "list some fruit please", "output_a": "apple pear plum", "output_b": "saw red tiger", "id": 7},
-        {"prompt": "name a few tool quickly", "output_a": "apple pear", "output_b": "hammer saw drill", "id": 8}])
+        # answers of the training pairs' lengths (5-10 words), 5 on-topic words against 0: the judge's p is 0.9995
+        {"prompt": "list some fruit please", "output_a": "apple pear plum mango peach the", "output_b": "saw red tiger the some also", "id": 7},
+        {"prompt": "name a few tool quickly", "output_a": "apple pear red tiger the some", "output_b": "hammer saw drill wrench pliers the", "id": 8}])
     out = tmp_path / "scored.parquet"
     assert main(["score-pairs", "--model", str(folder), "--data", str(data), "--out", str(out)]) == 0
     table = pq.read_table(out).to_pylist()

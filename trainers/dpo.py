@@ -269,13 +269,12 @@ def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: Prefer
     if pairs is None:
         pairs, default_test = default_pairs(cfg.seed)
         test = default_test if test is None else test
-    device = torch.device(cfg.device)
     loss = loss if loss is not None else resolve_preference_loss(cfg.loss)
-    prep = prepare(cfg, pairs, device)
+    candidates = DPOCandidates.prepare(cfg, pairs, cfg.device)
+    prep = candidates.prep
     log(f"data: {pairs.source}: {prep.split_sizes[0]} train / {prep.split_sizes[1]} validation pairs "
         f"(split by prompt), {prep.train.truncated + prep.val.truncated} truncated to {cfg.max_length} tokens")
-    run = Run.start(prep.model, cfg)
-    run_epochs(run, prep, loss, cfg, device, on_epoch=lambda run, r: log(
+    run = candidates.train(loss, on_epoch=lambda run, r: log(
         f"epoch {run.epoch}/{cfg.epochs}  loss {r['train_loss']:.4f}  val agreement {r['agreement']:.4f}"))
     ok = not run.diverged
     if ok:
@@ -290,13 +289,51 @@ def train_dpo(cfg: DPOConfig, pairs: PreferencePairs | None = None, test: Prefer
         "tokenizer": prep.tokenizer,
     }
     if test is not None and ok:
-        test_data = encode_pairs(prep.tokenizer, test, cfg)
-        # The built-in reference scores are cached from the *initial* model; rebuild it for test.
-        reference, _, _ = build_model(cfg)
-        cache_reference(reference.to(device), test_data, cfg, device)
-        result["test"] = evaluate(prep.model, test_data, reward_scale(loss, cfg.effective_beta), cfg, device)
+        result["test"] = candidates.test(run, test, loss)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def clone_state(module: torch.nn.Module) -> dict:
+    """A detached CPU copy of ``module``'s weights (a best epoch, a pack's initial weights)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class DPOCandidates:
+    """Losses trained one after another on data prepared once (tokenised, reference values
+    computed), each from the same initial weights and dropout stream, so a result does not
+    depend on its place: a search pack's candidates, or the final report's best loss and dpo.
+    Pair mode's twin is :class:`trainers.pair.PairCandidates`."""
+
+    prep: Prepared
+    cfg: DPOConfig
+    device: torch.device
+    initial: dict
+
+    @classmethod
+    def prepare(cls, cfg: DPOConfig, pairs: PreferencePairs, device) -> "DPOCandidates":
+        prep = prepare(cfg, pairs, torch.device(device))
+        return cls(prep, cfg, torch.device(device), clone_state(prep.model))
+
+    def train(self, loss, shard: tuple[int, int] = (0, 1), sync: "GradientSync | None" = None,
+              on_epoch: "EpochHook | None" = None) -> "Run":
+        self.prep.model.load_state_dict(self.initial)
+        torch.manual_seed(self.cfg.seed)  # dropout
+        run = Run.start(self.prep.model, self.cfg)
+        run_epochs(run, self.prep, loss, self.cfg, self.device, shard, sync, on_epoch)
+        return run
+
+    def test(self, run: "Run", test: PreferencePairs, loss) -> dict:
+        """The run's best epoch on ``test``; {} for a diverged run (it has no model to score)."""
+        if run.diverged:
+            return {}
+        self.prep.model.load_state_dict(run.best_state)
+        data = encode_pairs(self.prep.tokenizer, test, self.cfg)
+        # The built-in reference scores are cached from the *initial* model; rebuild it for test.
+        reference, _, _ = build_model(self.cfg)
+        cache_reference(reference.to(self.device), data, self.cfg, self.device)
+        return evaluate(self.prep.model, data, reward_scale(loss, self.cfg.effective_beta), self.cfg, self.device)
 
 
 # -- a run that can stop and resume (used by the Ray Train loop) ---------------------------------
@@ -325,7 +362,7 @@ class Run:
         agreement = epoch_metrics.get("agreement", float("nan"))
         if epoch_metrics.get("status") == "ok" and agreement > self.best_agreement:
             self.best_agreement = agreement
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = clone_state(self.model)
 
     @property
     def diverged(self) -> bool:
@@ -347,8 +384,7 @@ class Run:
 def save_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, loss_label: str) -> None:
     """Write the trained scorer: the policy at its best validation epoch, the tokenizer, and in
     causal mode (DPO family) the frozen reference, rebuilt from the same initial weights."""
-    from trainers.models.preference import backbone_of, save_scoring_model
-    from trainers.scorer import REFERENCE_FOLDER
+    from trainers.models.preference import REFERENCE_FOLDER, backbone_of, save_scoring_model
 
     loss = loss_label  # only "is it reference-free?" matters here
     model, tokenizer, model_label = build_model(cfg)

@@ -356,23 +356,37 @@ def pair_worker_loop(config: dict) -> None:
                     on_epoch=on_epoch)
 
 
+def preference_candidates(cfg, pairs, device, progress=None):
+    """The mode's candidate trainer (:class:`trainers.dpo.DPOCandidates`, or pair mode's over its
+    cache), prepared once: a search pack and the final report train every loss through it."""
+    from trainers.dpo import DPOCandidates
+    from trainers.pair import PairCandidates
+
+    if cfg.mode == "pair":
+        return PairCandidates.prepare(cfg, pairs, device, progress)
+    return DPOCandidates.prepare(cfg, pairs, device)
+
+
 def dpo_pack_worker_loop(config: dict) -> None:
     """A DPO search pack: K candidate losses of the preference Taylor family, trained one after
-    another from the same initial weights on data tokenised (and reference values computed) once.
+    another from the same initial weights on data prepared once (tokenised and reference values
+    computed; in pair mode, the lower layers' states cached on disk, shared by every pack).
 
     Transformers do not stack into one vectorised step the way the PU MLPs do, so a DPO pack
-    amortises the fixed costs (Train job start, data, tokenising, reference pass) rather than the
-    steps. One report (and checkpoint of the finished candidates) per candidate; a restarted pack
-    skips the candidates it already finished.
+    amortises the fixed costs (Train job start, data, tokenising, reference pass, cache) rather
+    than the steps. One report (and checkpoint of the finished candidates) per candidate; a
+    restarted pack skips the candidates it already finished.
     """
-    from trainers.dpo import Run, run_epochs, taylor_pair_loss
+    from dataclasses import replace
+
+    from trainers.dpo import taylor_pair_loss
 
     job: PackJob = config["job"]
     started = time.perf_counter()
     rank, world, device = worker_context()
     devices = assigned_devices(device)
-    cfg, prep = _dpo_prepare(job.plan.dpo, job.plan.train, device)
-    initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
+    cfg = replace(job.plan.dpo, device=str(device))
+    trainer = preference_candidates(cfg, load_pairs(job.plan.train, cfg.seed), device)
     done = {int(i): CandidateResult.from_dict(r) for i, r in (restore() or {}).get("done", {}).items()}
     pending = [c for c in job.candidates if c["id"] not in done]
     train_seconds = 0.0
@@ -387,11 +401,9 @@ def dpo_pack_worker_loop(config: dict) -> None:
     if not pending:  # restarted after its last candidate: say so once more
         say(True)
     for index, candidate in enumerate(pending):
-        prep.model.load_state_dict(initial)
-        run = Run.start(prep.model, cfg)
         t0 = time.perf_counter()
-        run_epochs(run, prep, taylor_pair_loss(candidate["coefficients"], candidate["center"]), cfg, device,
-                   (rank, world), average_gradients if world > 1 else None)
+        run = trainer.train(taylor_pair_loss(candidate["coefficients"], candidate["center"]), (rank, world),
+                            average_gradients if world > 1 else None)
         train_seconds += time.perf_counter() - t0
         ok = not run.diverged
         done[candidate["id"]] = CandidateResult(candidate["id"], run.best_agreement if ok else DIVERGED_FITNESS,

@@ -20,6 +20,7 @@ import torch
 from trainers.config import DPOConfig
 from trainers.data.pairs import PreferencePairs, split_by_prompt, synthetic_vocabulary
 from trainers.data.state_cache import StateCache
+from trainers.dpo import EpochHook, GradientSync, clone_state, diverged
 from trainers.metrics import preference_metrics
 from trainers.models.pair import (
     PairJudge,
@@ -212,6 +213,10 @@ class PairRun:
                                       weight_decay=cfg.weight_decay)
         return cls(judge, optimizer, torch.Generator().manual_seed(cfg.seed))
 
+    @property
+    def diverged(self) -> bool:
+        return diverged(self.best_state, self.history)
+
     def state_dict(self) -> dict:
         names = ("epoch", "step", "epoch_loss", "epoch_start_state", "best_agreement", "best_state", "history")
         return {"model": self.judge.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -366,13 +371,45 @@ def run_pair_epochs(run: PairRun, prep: PairPrepared, loss, cfg: DPOConfig, devi
         run.history.append(record)
         if val["status"] == "ok" and val["agreement"] > run.best_agreement:
             run.best_agreement = val["agreement"]
-            run.best_state = {k: v.detach().cpu().clone() for k, v in run.judge.state_dict().items()}
+            run.best_state = clone_state(run.judge)
         healthy = math.isfinite(train_loss) and val["status"] == "ok"
         record["run_finished"] = run.epoch >= cfg.epochs or not healthy
         if on_epoch is not None:
             on_epoch(run, record)
         if not healthy:
             break
+
+
+@dataclass
+class PairCandidates:
+    """Pair mode's :class:`trainers.dpo.DPOCandidates`: losses trained one after another over one
+    filled cache, each from the same initial judge (dropout is seeded per step already)."""
+
+    prep: PairPrepared
+    cfg: DPOConfig
+    device: torch.device
+    initial: dict
+
+    @classmethod
+    def prepare(cls, cfg: DPOConfig, pairs: PreferencePairs, device, progress: Progress | None = None) -> "PairCandidates":
+        prep = prepare_pair(cfg, pairs, device, progress)
+        return cls(prep, cfg, torch.device(device), clone_state(prep.model.judge))
+
+    def train(self, loss, shard: tuple[int, int] = (0, 1), sync: GradientSync | None = None,
+              on_epoch: EpochHook | None = None) -> PairRun:
+        self.prep.model.judge.load_state_dict(self.initial)
+        run = PairRun.start(self.prep.model.judge, self.cfg)
+        run_pair_epochs(run, self.prep, loss, self.cfg, self.device, shard, sync, on_epoch=on_epoch)
+        return run
+
+    def test(self, run: PairRun, test: PreferencePairs, loss) -> dict:
+        """The run's best epoch on ``test``, encoded from raw text as served; {} for a diverged run.
+        ``loss`` is unused: a pair judge's logit is its probability's, whatever loss trained it."""
+        if run.diverged:
+            return {}
+        self.prep.model.judge.load_state_dict(run.best_state)
+        data = PairTexts.build(test, self.prep.model.tokenizer, self.cfg)
+        return evaluate_pairs(self.prep.model, None, data, self.cfg, self.device)
 
 
 # -- the saved pair scorer ---------------------------------------------------------------------------

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from trainers.data.pairs import PreferencePairs
-from trainers.models.preference import encode_texts, load_backbone, load_scoring_model, build_scoring_model
-
-REFERENCE_FOLDER = "reference"
+from trainers.models.preference import (
+    REFERENCE_FOLDER, build_scoring_model, encode_texts, load_backbone, load_scoring_model,
+)
 
 
 class PreferenceScorer:

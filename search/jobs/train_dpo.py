@@ -115,7 +115,7 @@ def _dpo_inputs(address: str | None):
     """Validate the options and read the pairs (and check the model folder) before anything is written."""
 
     def read(spec: dict):
-        from trainers.models.preference import load_backbone
+        from trainers.models.preference import check_preference_model
 
         cfg, scaling = DPOConfig(**spec["dpo"]), Scaling(**spec["scaling"])
         cfg.validate()
@@ -126,11 +126,7 @@ def _dpo_inputs(address: str | None):
         if scaling.gpus_per_worker > 0 and address is None:
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
-        if cfg.model is not None:
-            backbone, _ = load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)  # a missing, torn or wrong-kind model fails here, not in a worker
-            layers = getattr(getattr(backbone, "encoder", None), "layer", None)
-            if cfg.mode == "pair" and (layers is None or cfg.top_layers > len(layers)):
-                raise UsageError(f"--top-layers {cfg.top_layers}: the model has {'no BERT-style' if layers is None else len(layers)} encoder layers")
+        check_preference_model(cfg)
         if spec["train"] is None:
             if spec["test"] is not None:
                 raise UsageError("--test needs --train (the built-in default brings its own test split)")

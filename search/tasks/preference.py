@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from search.engine.options import SearchOptions
-from trainers.config import opt
+from trainers.config import PREFERENCE_MODES, DPOConfig, opt
 from trainers.errors import UsageError
 
 Log = Callable[[str], None]
@@ -19,8 +19,12 @@ Log = Callable[[str], None]
 
 @dataclass
 class PreferenceSearchOptions:
-    mode: str = opt("encoder", "the model kind", choices=("encoder", "causal"))
+    mode: str = opt("encoder", "the model kind (pair: the top layers over cached lower-layer states, a head over "
+                    "both answers; train-dpo --mode pair's recipe)", choices=PREFERENCE_MODES)
     model: str | None = opt(None, "local Hugging Face model folder (default: the built-in tiny model)")
+    lr: float | None = opt(None, "learning rate (default: 1e-3 for the built-in model, 3e-5 for --model)")
+    top_layers: int = opt(DPOConfig.top_layers, "--mode pair: layers fine-tuned over the cached states of the ones below")
+    cache_dir: str = opt(DPOConfig.cache_dir, "--mode pair: the lower-layer state cache, shared by every pack and run")
     max_pairs: int | None = opt(None, "train on a seeded sample of this many pairs")
     fitness: str = opt("val_agreement", "validation agreement with the labels", choices=("val_agreement",))
 
@@ -44,16 +48,17 @@ class PreferenceTask:
 
         return PreferenceTaylorSpace(order=order)
 
-    def dpo_config(self, opts: SearchOptions):
-        from trainers.config import DPOConfig
-
+    def dpo_config(self, opts: SearchOptions) -> DPOConfig:
         o: PreferenceSearchOptions = opts.task_options
-        return DPOConfig(mode=o.mode, model=o.model, epochs=opts.epochs, seed=opts.seed, max_pairs=o.max_pairs)
+        return DPOConfig(mode=o.mode, model=o.model, epochs=opts.epochs, seed=opts.seed, max_pairs=o.max_pairs, lr=o.lr,
+                         top_layers=o.top_layers, cache_dir=o.cache_dir)
 
     def validate(self, opts: SearchOptions) -> None:
         opts.task_options.validate(opts.epochs)
         if len(opts.train) > 1:
             raise UsageError("--task dpo takes one --train")
+        if opts.task_options.mode == "pair" and opts.workers_per_trial != 1:
+            raise UsageError("--mode pair trains on one worker per trial (give it threads with --cpus-per-worker)")
         self.dpo_config(opts).validate()
 
     def smoke(self, opts: SearchOptions) -> SearchOptions:
@@ -61,10 +66,9 @@ class PreferenceTask:
 
     def read_inputs(self, opts: SearchOptions) -> None:
         from trainers.data.pairs import read_pairs
-        from trainers.models.preference import check_model_folder
+        from trainers.models.preference import check_preference_model
 
-        if opts.task_options.model is not None:
-            check_model_folder(opts.task_options.model, opts.task_options.mode)
+        check_preference_model(self.dpo_config(opts))
         if opts.train:
             read_pairs(opts.train[0])
         if opts.test:
@@ -98,9 +102,12 @@ class PreferenceTask:
 
 
 def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
-    """Train the best loss and plain DPO with the search's settings, score both on the test pairs."""
+    """Train the best loss and plain DPO with the search's settings on data prepared once (in pair
+    mode, over the search's cache), and score both on the test pairs."""
     from trainers.data.pairs import read_pairs
-    from trainers.dpo import default_pairs, train_dpo
+    from trainers.dpo import default_pairs
+    from trainers.loop import preference_candidates
+    from trainers.losses.preference import resolve_preference_loss
     from trainers.losses.preference_taylor import PreferenceTaylorLoss
 
     if opts.train:
@@ -110,11 +117,14 @@ def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
     if test is None:
         log("no --test given: the best loss is not scored on held-out data")
         return {}
+    trainer = preference_candidates(cfg, train, cfg.device)
     report = {}
-    for label, loss in (("best", PreferenceTaylorLoss.load(folder / "best_loss.json")), ("dpo", None)):
-        result = train_dpo(cfg, train, test, loss=loss)
-        report[label] = {"val_agreement": result["val_agreement"], "status": result["status"],
-                         **{f"test_{k}": v for k, v in result.get("test", {}).items() if k in ("agreement", "agreement_lc", "brier")}}
+    for label, loss in (("best", PreferenceTaylorLoss.load(folder / "best_loss.json")), ("dpo", resolve_preference_loss("dpo"))):
+        run = trainer.train(loss)
+        scored = trainer.test(run, test, loss)
+        report[label] = {"val_agreement": run.best_agreement if not run.diverged else float("nan"),
+                         "status": "diverged" if run.diverged else "ok",
+                         **{f"test_{k}": v for k, v in scored.items() if k in ("agreement", "agreement_lc", "brier")}}
     log("test pairs (scored once, after the search): " + "  ".join(
         f"{k}: agreement {v['test_agreement']:.4f} (length-controlled {v['test_agreement_lc']:.4f})"
         for k, v in report.items() if v.get("test_agreement") is not None))

@@ -42,16 +42,19 @@ def word_tokenizer(words: list[str]):
                                    sep_token="[SEP]", bos_token="[BOS]", eos_token="[EOS]")
 
 
+TINY_LAYERS = 2
+
+
 def tiny_backbone(mode: str, vocab_size: int, seed: int, max_positions: int = 128):
     """A 2-layer, 64-wide randomly initialised BERT (encoder) or GPT-2 (causal)."""
     from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     if mode == "encoder":
-        config = BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        config = BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=TINY_LAYERS, num_attention_heads=2,
                             intermediate_size=128, max_position_embeddings=max_positions)
         return BertModel(config)
-    config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2, n_positions=max_positions)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=TINY_LAYERS, n_head=2, n_positions=max_positions)
     return GPT2LMHeadModel(config)
 
 
@@ -78,6 +81,20 @@ def check_model_folder(model_dir: str | Path, mode: str) -> Path:
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise DataError(folder, f"no weights ({' or '.join(WEIGHT_FILES[:2])})", "--model", kind="option")
     return folder
+
+
+def check_preference_model(cfg) -> None:
+    """``cfg.model`` (a DPOConfig's; None: the built-in tiny one) loads as the mode needs, and pair
+    mode's ``--top-layers`` fits it: a missing, torn or wrong-kind model fails before anything
+    runs, not in a worker."""
+    if cfg.model is None:
+        layers = range(TINY_LAYERS)
+    else:
+        backbone, _ = load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)
+        layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if cfg.mode == "pair" and (layers is None or cfg.top_layers > len(layers)):
+        raise UsageError(f"--top-layers {cfg.top_layers}: the {'built-in model' if cfg.model is None else 'model'} has "
+                         f"{'no BERT-style' if layers is None else len(layers)} encoder layers")
 
 
 def load_backbone(model_dir: str | Path, mode: str):
@@ -216,6 +233,7 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 SCORER_FILE = "scorer.json"
 HEAD_FILE = "head.pt"
+REFERENCE_FOLDER = "reference"  # a causal scorer's frozen reference model, beside it
 
 
 def save_scoring_model(model: nn.Module, tokenizer, folder: str | Path, meta: dict) -> None:
