@@ -30,9 +30,15 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train")
     parser.add_argument("--test")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (skip the seed a search drew its labelling with)")
     parser.add_argument("--methods", default=",".join(BASELINES), help="comma-separated baselines (empty for none)")
     parser.add_argument("--loss", action="append", default=[], help="a Taylor loss file or zoo:NAME (repeatable)")
     parser.add_argument("--labelled-frac", type=float, default=0.1)
+    parser.add_argument("--labelling", default="scar", help="how labelled positives are drawn (scar, sar-group, sar-score)")
+    parser.add_argument("--val-size", type=int, default=0,
+                        help="N random training rows labelled by hand (removed from training): epoch selection, fitness "
+                             "and threshold for every method, as the product uses them")
     parser.add_argument("--epochs", type=int, default=PUConfig.epochs)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="also write {method: {f1_mean, f1_sd, auc_mean, auc_sd, ...}}")
@@ -43,12 +49,14 @@ def run(argv: list[str] | None = None) -> dict:
     methods = [m for m in args.methods.split(",") if m] + args.loss
     table = {}
     name = args.train or "built-in synthetic"
-    print(f"# {name}: labelled_frac {args.labelled_frac}, {args.seeds} seeds, {args.epochs} epochs", flush=True)
+    print(f"# {name}: labelled_frac {args.labelled_frac}, labelling {args.labelling}, val_size {args.val_size}, "
+          f"{args.seeds} seeds, {args.epochs} epochs", flush=True)
     print(f"{'method':<24} {'test F1':>14} {'test AUC':>14} {'val fitness':>12} {'s/run':>6}", flush=True)
     for method in methods:
         runs = []
-        for seed in range(args.seeds):
-            cfg = PUConfig(loss=method, seed=seed, epochs=args.epochs, labelled_frac=args.labelled_frac)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            cfg = PUConfig(loss=method, seed=seed, epochs=args.epochs, labelled_frac=args.labelled_frac,
+                           labelling=args.labelling, val_size=args.val_size)
             runs.append(train_pu(cfg, train, test))
         ok = [r for r in runs if r["status"] == "ok"]
         f1, f1_sd = mean_sd([100 * r["test_f1"] for r in ok]) if ok else (float("nan"), float("nan"))
