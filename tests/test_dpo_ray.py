@@ -92,6 +92,7 @@ def test_pair_mode_search_trains_over_one_cache_and_scores_best_and_dpo_on_test(
     train, _ = default_pairs(0)
     states = list(cache.rglob("*.bin"))
     assert 0 < len(states) <= len(set(train.a) | set(train.b)) and not list(cache.rglob("*.tmp"))
+    assert any(line.startswith("cache ready:") and "computed now" in line for line in lines)  # the driver filled it
     final = json.loads((folder / "final_report.json").read_text())
     assert set(final) == {"best", "dpo"}
     assert all(0.0 < final[k]["test_agreement"] <= 1.0 and final[k]["status"] == "ok" for k in final)

@@ -356,14 +356,16 @@ def pair_worker_loop(config: dict) -> None:
                     on_epoch=on_epoch)
 
 
-def preference_candidates(cfg, pairs, device, progress=None):
+def preference_candidates(cfg, pairs, device):
     """The mode's candidate trainer (:class:`trainers.dpo.DPOCandidates`, or pair mode's over its
-    cache), prepared once: a search pack and the final report train every loss through it."""
+    cache), prepared once: a search pack and the final report train every loss through it. In
+    pair mode the search's driver has filled the cache (``PreferenceTask.before_search``); texts
+    missing from it are computed here."""
     from trainers.dpo import DPOCandidates
     from trainers.pair import PairCandidates
 
     if cfg.mode == "pair":
-        return PairCandidates.prepare(cfg, pairs, device, progress)
+        return PairCandidates.prepare(cfg, pairs, device)
     return DPOCandidates.prepare(cfg, pairs, device)
 
 

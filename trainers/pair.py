@@ -391,8 +391,8 @@ class PairCandidates:
     initial: dict
 
     @classmethod
-    def prepare(cls, cfg: DPOConfig, pairs: PreferencePairs, device, progress: Progress | None = None) -> "PairCandidates":
-        prep = prepare_pair(cfg, pairs, device, progress)
+    def prepare(cls, cfg: DPOConfig, pairs: PreferencePairs, device) -> "PairCandidates":
+        prep = prepare_pair(cfg, pairs, device)
         return cls(prep, cfg, torch.device(device), clone_state(prep.model.judge))
 
     def train(self, loss, shard: tuple[int, int] = (0, 1), sync: GradientSync | None = None,

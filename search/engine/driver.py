@@ -139,6 +139,7 @@ def run_trials(opts: SearchOptions, task, plan, searcher, pack: int, concurrency
         f"{packs} pack(s) of up to {pack}{'' if opts.pack else ' (auto)'}, {concurrency} at a time -> {folder}")
     if not packs:
         return 0.0
+    task.before_search(opts, log)
     scaling = Scaling(opts.workers_per_trial, opts.cpus_per_worker, opts.gpus_per_worker, opts.max_failures)
     setup = TrialSetup(task.space(opts.order), task.worker_loop(), plan, scaling, str(folder / "train"))
     attempt = 1 + sum(1 for p in folder.glob("tune-*") if p.is_dir())

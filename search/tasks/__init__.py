@@ -2,8 +2,9 @@
 
 A :class:`Task` owns its options dataclass, defaults and validation, reading (and so checking)
 its data, the loss family's space, the pack-size cap, the plan every pack trains under and the
-worker loop that runs it, what happens after the budget (PU: re-evaluating the elites), the final
-report on the test split and the plot of the best loss. Each task lives in its own module
+worker loop that runs it, what the driver prepares for every pack (pair mode: the state cache),
+what happens after the budget (PU: re-evaluating the elites), the final report on the test split
+and the plot of the best loss. Each task lives in its own module
 (``pu.py``, ``preference.py``); :data:`TASKS` below is the one registry. A new task is one new
 module and a line in :data:`TASKS`.
 
@@ -50,6 +51,8 @@ class Task(Protocol):
     def plan(self, opts: SearchOptions, inputs): ...  # the dataclass every pack trains under
 
     def worker_loop(self): ...  # the Ray Train loop that trains a PackJob
+
+    def before_search(self, opts: SearchOptions, log: Log) -> None: ...  # driver-side work the packs share
 
     def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None: ...
 

@@ -91,6 +91,23 @@ class PreferenceTask:
 
         return dpo_pack_worker_loop
 
+    def before_search(self, opts: SearchOptions, log: Log) -> None:
+        """Pair mode: fill the lower-layer state cache here, once, with progress lines, so that
+        packs starting together do not each compute every text (on a cluster, this fills the
+        driver's node; other nodes' packs fill their own)."""
+        if opts.task_options.mode != "pair":
+            return
+        from trainers.data.pairs import read_pairs
+        from trainers.dpo import default_pairs
+        from trainers.pair import prepare_pair
+
+        cfg = self.dpo_config(opts)
+        pairs = read_pairs(opts.train[0]) if opts.train else default_pairs(opts.seed)[0]
+        log(f"caching the lower layers' states of every text in {cfg.cache_dir} (reused by every pack and later runs)")
+        stats = prepare_pair(cfg, pairs, "cpu", progress=lambda m: log(
+            f"  texts cached {m['done']}/{m['total']}  {m['texts_per_second']:.1f}/s  ETA {m['eta_seconds'] / 60:.1f} min")).cache_stats
+        log(f"cache ready: {stats['texts']} texts, {stats['computed']} computed now")
+
     def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None:
         """Nothing between the budget and the report: no re-evaluation stage for preference losses."""
 

@@ -186,6 +186,9 @@ class PUTask:
 
         return pu_pack_worker_loop
 
+    def before_search(self, opts: SearchOptions, log: Log) -> None:
+        """Nothing: every pack reads its shards itself."""
+
     def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None:
         from search.engine.reevaluation import reevaluate_elites
 
