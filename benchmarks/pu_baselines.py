@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from trainers.config import LABELLING_HELP, LABELLINGS, VAL_SIZE_HELP  # noqa: E402
 from trainers.pu import BASELINES, PUConfig, load_tables, train_pu  # noqa: E402
 
 
@@ -35,10 +36,9 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(BASELINES), help="comma-separated baselines (empty for none)")
     parser.add_argument("--loss", action="append", default=[], help="a Taylor loss file or zoo:NAME (repeatable)")
     parser.add_argument("--labelled-frac", type=float, default=0.1)
-    parser.add_argument("--labelling", default="scar", help="how labelled positives are drawn (scar, sar-group, sar-score)")
+    parser.add_argument("--labelling", default="scar", choices=LABELLINGS, help=LABELLING_HELP)
     parser.add_argument("--val-size", type=int, default=0,
-                        help="N random training rows labelled by hand (removed from training): epoch selection, fitness "
-                             "and threshold for every method, as the product uses them")
+                        help=VAL_SIZE_HELP + " (epoch selection, fitness and threshold for every method)")
     parser.add_argument("--epochs", type=int, default=PUConfig.epochs)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="also write {method: {f1_mean, f1_sd, auc_mean, auc_sd, ...}}")

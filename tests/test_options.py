@@ -234,3 +234,14 @@ def test_every_registered_task_implements_the_whole_task_protocol():
     for name, task in TASKS.items():
         assert task.name == name
         assert [n for n in names if not callable(getattr(task, n, None))] == [], name
+
+
+def test_a_relative_cache_or_model_folder_means_the_drivers(tmp_path, monkeypatch):
+    """Train workers run inside their trial folders: a relative --cache-dir would give every pack
+    a cache of its own. The search's options hold it absolute; "~" expands on each machine."""
+    from search.tasks.preference import PreferenceSearchOptions
+
+    monkeypatch.chdir(tmp_path)
+    options = PreferenceSearchOptions(cache_dir="states", model="models/m")
+    assert options.cache_dir == str(tmp_path / "states") and options.model == str(tmp_path / "models/m")
+    assert PreferenceSearchOptions().cache_dir.startswith("~")

@@ -169,6 +169,12 @@ class DPOConfig:
 
         resolve_preference_loss(self.loss)
 
+    def check_workers(self, workers: int, flag: str = "--workers") -> None:
+        """Pair mode trains on one worker: its cache is filled per process and one worker's epoch
+        checkpoint is the whole state."""
+        if self.mode == "pair" and workers != 1:
+            raise UsageError(f"--mode pair trains on one worker ({flag} 1; give it threads with --cpus-per-worker)")
+
     @property
     def effective_beta(self) -> float:
         """beta, resolved."""

@@ -302,8 +302,8 @@ def clone_state(module: torch.nn.Module) -> dict:
 @dataclass
 class DPOCandidates:
     """Losses trained one after another on data prepared once (tokenised, reference values
-    computed), each from the same initial weights and dropout stream, so a result does not
-    depend on its place: a search pack's candidates, or the final report's best loss and dpo.
+    computed), each from the same initial weights and dropout stream (``Run.start``), so a result
+    does not depend on its place: a search pack's candidates, or the final report's best loss and dpo.
     Pair mode's twin is :class:`trainers.pair.PairCandidates`."""
 
     prep: Prepared
@@ -319,7 +319,6 @@ class DPOCandidates:
     def train(self, loss, shard: tuple[int, int] = (0, 1), sync: "GradientSync | None" = None,
               on_epoch: "EpochHook | None" = None) -> "Run":
         self.prep.model.load_state_dict(self.initial)
-        torch.manual_seed(self.cfg.seed)  # dropout
         run = Run.start(self.prep.model, self.cfg)
         run_epochs(run, self.prep, loss, self.cfg, self.device, shard, sync, on_epoch)
         return run
@@ -354,6 +353,7 @@ class Run:
 
     @classmethod
     def start(cls, model, cfg: DPOConfig) -> "Run":
+        torch.manual_seed(cfg.seed)  # dropout: every run of these options draws the same stream
         return cls(model, make_adamw(model, cfg), torch.Generator().manual_seed(cfg.seed), history=[])
 
     def record(self, epoch_metrics: dict) -> None:

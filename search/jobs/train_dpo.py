@@ -121,8 +121,7 @@ def _dpo_inputs(address: str | None):
         cfg.validate()
         if scaling.workers < 1 or scaling.cpus_per_worker < 0 or scaling.gpus_per_worker < 0:
             raise UsageError("--workers must be >= 1 and --cpus/--gpus-per-worker >= 0")
-        if cfg.mode == "pair" and scaling.workers != 1:
-            raise UsageError("--mode pair trains on one worker (give it threads with --cpus-per-worker)")
+        cfg.check_workers(scaling.workers)
         if scaling.gpus_per_worker > 0 and address is None:
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")

@@ -28,6 +28,14 @@ class PreferenceSearchOptions:
     max_pairs: int | None = opt(None, "train on a seeded sample of this many pairs")
     fitness: str = opt("val_agreement", "validation agreement with the labels", choices=("val_agreement",))
 
+    def __post_init__(self) -> None:
+        # Train workers run inside their trial folders: a relative folder must mean the driver's
+        # (else every pack fills a cache of its own). "~" stays, to expand on each machine.
+        for name in ("model", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not str(value).startswith("~"):
+                setattr(self, name, str(Path(value).absolute()))
+
     def validate(self, epochs: int) -> None:
         if self.fitness != "val_agreement":
             raise UsageError(f"unknown fitness {self.fitness!r} for --task dpo; choose from ('val_agreement',)")
@@ -57,9 +65,8 @@ class PreferenceTask:
         opts.task_options.validate(opts.epochs)
         if len(opts.train) > 1:
             raise UsageError("--task dpo takes one --train")
-        if opts.task_options.mode == "pair" and opts.workers_per_trial != 1:
-            raise UsageError("--mode pair trains on one worker per trial (give it threads with --cpus-per-worker)")
         self.dpo_config(opts).validate()
+        self.dpo_config(opts).check_workers(opts.workers_per_trial, "--workers-per-trial")
 
     def smoke(self, opts: SearchOptions) -> SearchOptions:
         return replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600))
