@@ -82,6 +82,13 @@ def test_search_evaluates_exactly_the_budget_reevaluates_the_elites_and_exports_
     (dataset,) = final["datasets"]
     assert 0.0 < dataset["best"]["test_auc"] <= 1.0 and 0.0 < dataset["pan"]["test_auc"] <= 1.0
     assert summary["best"]["id"] == record["winner"] and "re-evaluation winner" in summary["best"]["chosen"]
+    # an exported control is its Taylor point: the last line names the exact loss to train instead
+    notes = [line for line in lines if "as its Taylor point" in line]
+    if winner["source"].startswith("control:"):
+        assert notes == [f"the re-evaluation exported {winner['source']} as its Taylor point: no searched loss beat "
+                         f"the controls on fresh folds; the exact loss is --loss {winner['source'][8:]}"]
+    else:
+        assert notes == []
 
     # the best loss loads into the trainer
     assert main(["train-pu", "--smoke-test", "--loss", str(folder / "best_loss.json")]) == 0

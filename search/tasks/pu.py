@@ -248,8 +248,13 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
 
     o = opts.task_options
     pairs = list(zip(training_sources(opts), opts.test)) if opts.train else [(None, None)]
+    exported = _exported_control(folder)
+    note = exported and (f"the re-evaluation exported {exported} as its Taylor point: no searched loss beat the "
+                         f"controls on fresh folds; the exact loss is --loss {exported.split(':', 1)[1]}")
     if opts.train and not opts.test:
         log("no --test given: the best loss is not scored on held-out data")
+        if note:
+            log(note)
         return {}
     losses = {"best": str(folder / "best_loss.json"), **{c: c for c in dict.fromkeys(["pan", *o.controls])}}
     report = {"datasets": [], "seeds": [opts.seed + i for i in range(FINAL_SEEDS)]}
@@ -264,9 +269,8 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
             entry["validation"] = runs[0]["validation"]
         report["datasets"].append(entry)
         log(_test_line(entry, list(losses)[1:]))
-    if (exported := _exported_control(folder)) is not None:
-        log(f"the re-evaluation exported {exported} (as its Taylor point): no searched loss beat the controls on "
-            "fresh folds")
+    if note:
+        log(note)
     return report
 
 
