@@ -65,8 +65,9 @@ class PreferenceTask:
         opts.task_options.validate(opts.epochs)
         if len(opts.train) > 1:
             raise UsageError("--task dpo takes one --train")
-        self.dpo_config(opts).validate()
-        self.dpo_config(opts).check_workers(opts.workers_per_trial, "--workers-per-trial")
+        cfg = self.dpo_config(opts)
+        cfg.validate()
+        cfg.check_workers(opts.workers_per_trial, "--workers-per-trial")
 
     def smoke(self, opts: SearchOptions) -> SearchOptions:
         return replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600))
