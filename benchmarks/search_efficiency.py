@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from search.engine.options import SearchOptions, with_task_defaults  # noqa: E402
 from search.engine.space import TaylorSpace, make_nevergrad_optimizer  # noqa: E402
 from search.tasks.pu import PUSearchOptions, PUTask  # noqa: E402
-from search.engine.reevaluation import choose_elites, reevaluation_plan, summarise  # noqa: E402
+from search.engine.reevaluation import choose_elites, summarise  # noqa: E402
 from trainers.boundary import DIVERGED_FITNESS  # noqa: E402
 from trainers.pu_pack import run_pack  # noqa: E402
 
@@ -72,7 +72,7 @@ def final_pick(opt, told, plan, space: TaylorSpace, opts: SearchOptions) -> floa
     ok = [{"id": i, "source": "optimizer", "vector": list(v), "search_fitness": f}
           for i, (v, f) in enumerate(told) if f > DIVERGED_FITNESS]
     chosen = choose_elites(ok, opt.provide_recommendation().value, plan.controls, opts.task_options.reevaluate, len(told))
-    stage = reevaluation_plan(plan, opts.task_options, opts.epochs)
+    stage = plan.for_reevaluation(opts.task_options, opts.epochs)
     state = run_pack(stage, 0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen])
     record = summarise(chosen, list(state.results.values()), stage.members_per_unit)
     return next(r["reevaluated_fitness"] for r in record["rows"] if r["id"] == record["winner"])

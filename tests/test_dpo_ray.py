@@ -53,10 +53,11 @@ def test_train_dpo_killed_after_an_epoch_resumes_from_its_checkpoint(tmp_path):
 
 
 
-def test_dpo_search_tells_every_candidate_exports_the_best_and_scores_it_on_test_once(tmp_path, local_ray):
+def test_dpo_search_tells_every_candidate_reevaluates_elites_beside_dpo_and_scores_the_winner_once(tmp_path, local_ray):
     lines = []
     opts = SearchOptions(task="dpo", name="d", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
-                         seed_losses=["dpo", "sigmoid"], task_options=PreferenceSearchOptions(max_pairs=400))
+                         seed_losses=["dpo", "sigmoid"],
+                         task_options=PreferenceSearchOptions(max_pairs=400, reevaluate=2, reevaluation_seeds=2))
     summary = run_search(TASKS["dpo"], opts, log=lines.append)
     folder = tmp_path / "d"
     told = EvaluationLog(folder).told()
@@ -66,10 +67,32 @@ def test_dpo_search_tells_every_candidate_exports_the_best_and_scores_it_on_test
     assert all(e.vector not in seeds for e in told if not e.source.startswith("seed:"))  # the optimiser's own points
     assert all(e.status == "ok" and 0.0 <= e.fitness <= 1.0 for e in told)
     assert any("candidate 2/2" in line for line in lines)
+    # The re-evaluation: the dpo control, the top 2 distinct elites (seed:dpo is the control's own point, so
+    # it does not take an elite's place) and perhaps the recommendation, each trained on 2 fresh seeds; a
+    # fitness there is the paired margin in agreement over dpo on the same seed.
+    record = json.loads((folder / "reevaluation.json").read_text())
+    rows = {r["source"] if r["source"].startswith("control:") else r["id"]: r for r in record["rows"]}
+    control = rows.pop("control:dpo")
+    assert control["reevaluated_fitness"] == 0.0 and control["details"]["margins"] == [0.0, 0.0]
+    searched = [r for r in rows.values() if r["search_fitness"] is not None]
+    assert len(searched) == 2 and all(r["id"] != 0 for r in searched)
+    for r in rows.values():
+        agreements, margins = r["details"]["agreements"], r["details"]["margins"]
+        assert len(margins) == 2 and all(0.0 <= a <= 1.0 for a in agreements)
+        assert margins == pytest.approx([a - c for a, c in zip(agreements, control["details"]["agreements"])])
+        assert r["reevaluated_fitness"] == pytest.approx(sum(margins) / 2)
+    # ... the fresh seeds are other splits and initial weights than the search's: dpo's own agreement moves
+    seed_dpo = next(e for e in told if e.source == "seed:dpo")
+    assert control["details"]["agreements"] != [seed_dpo.fitness] * 2
+    winner = max((r for r in record["rows"] if r["lcb"] is not None), key=lambda r: r["lcb"])
+    assert record["winner"] == winner["id"] == summary["best"]["id"]
+    assert any(line.startswith("re-evaluating") for line in lines)
     best = PreferenceTaylorLoss.load(folder / "best_loss.json")
-    assert best.order == 2 and summary["best"]["fitness"] == max(e.fitness for e in told)
+    assert best.order == 2
     final = json.loads((folder / "final_report.json").read_text())
     assert set(final) == {"best", "dpo"} and 0.0 < final["best"]["test_agreement"] <= 1.0
+    notes = [line for line in lines if "as its Taylor point" in line]
+    assert len(notes) == (1 if winner["source"].startswith("control:") else 0)
     assert (folder / "loss_slices.png").stat().st_size > 0
 
 
@@ -80,7 +103,8 @@ def test_pair_mode_search_trains_over_one_cache_and_scores_best_and_dpo_on_test(
     from trainers.dpo import default_pairs
 
     lines, cache = [], tmp_path / "cache"
-    options = PreferenceSearchOptions(mode="pair", top_layers=1, cache_dir=str(cache), max_pairs=300)
+    # (no re-evaluation here: the built-in model's weights, so its cache keys, change with the seed)
+    options = PreferenceSearchOptions(mode="pair", top_layers=1, cache_dir=str(cache), max_pairs=300, reevaluate=0)
     opts = SearchOptions(task="dpo", name="p", storage=str(tmp_path), budget=4, pack=2, epochs=1, concurrency=1,
                          task_options=options)
     run_search(TASKS["dpo"], opts, log=lines.append)

@@ -239,3 +239,30 @@ def test_alpaca_eval_pairs_read_when_present():
     pairs = read_pairs(SHARED_PAIRS / "alpaca_eval" / "test.parquet")
     assert len(pairs) == 8139 and set(np.unique(pairs.p)) == {0.0, 1.0}
     assert 0.1 < pairs.length_controlled().mean() < 0.3
+
+
+def test_dpo_reevaluation_fitness_is_the_mean_paired_margin_over_the_best_control_on_each_seed():
+    """What the DPO re-evaluation tells: per seed, agreement minus the best control trained on that
+    seed; a diverged control leaves the others (all diverged: chance, 0.5); a candidate diverged
+    on any seed is diverged; one with a seed still to train has no result yet."""
+    from trainers.boundary import DIVERGED_FITNESS
+    from trainers.config import DPOConfig
+    from trainers.dpo import DPOPackPlan
+    from trainers.loop import dpo_results
+
+    point = {"order": 1, "coefficients": [-1.0], "center": 0.5}
+    plan = DPOPackPlan(None, DPOConfig(), controls=[{"name": "dpo", **point}, {"name": "brier", **point}], seeds=[7, 8])
+    candidates = [{"id": i, **point} for i in range(4)]
+    agreements = {"7/control:dpo": 0.70, "7/control:brier": 0.72, "8/control:dpo": None, "8/control:brier": None,
+                  "7/0": 0.75, "8/0": 0.55, "7/1": 0.80, "8/1": None, "7/2": 0.71}
+    results = {r.id: r for r in dpo_results(plan, candidates, agreements)}
+    assert set(results) == {0, 1}  # 2 and 3 have a seed left to train
+    assert results[0].status == "ok" and results[0].details["margins"] == pytest.approx([0.03, 0.05])
+    assert results[0].fitness == pytest.approx(0.04) and results[0].details["sd"] == pytest.approx([np.std([0.03, 0.05], ddof=1)])
+    assert results[1].status == "diverged" and results[1].fitness == DIVERGED_FITNESS
+    # a search pack (no re-evaluation seeds): the fitness is the agreement on the search's seed
+    search = DPOPackPlan(None, DPOConfig(seed=7), controls=plan.controls)
+    assert [(r.id, r.fitness) for r in dpo_results(search, candidates[:1], {"7/0": 0.75})] == [(0, 0.75)]
+    # the stage's seeds come from a range the search never trains on
+    stage = search.for_reevaluation(type("O", (), {"reevaluation_seeds": 3})(), epochs=1)
+    assert len(stage.seeds) == 3 == stage.members_per_unit and 7 not in stage.seeds

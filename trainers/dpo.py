@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,14 +35,33 @@ from trainers.models.preference import (
 
 BUILTIN_MODEL = "builtin-tiny"
 REFERENCE_FREE = ("bt",)
+REEVALUATION_SEED_OFFSET = 100_000  # re-evaluation seeds: never a search's own seed
 
 
 @dataclass
 class DPOPackPlan:
-    """How every pack of a DPO search trains its candidates (crosses the Ray boundary)."""
+    """How every pack of a DPO search trains its candidates (crosses the Ray boundary).
+
+    Search packs train each loss once, on ``dpo.seed``: the same prompt split, initial weights,
+    dropout and batch stream in every pack, so the seed loss ``dpo`` (evaluated first) is already
+    each candidate's paired control and retraining it per pack would repeat one number. The
+    re-evaluation stage (``seeds`` set) trains every loss once per fresh seed -- a new split,
+    initial weights and stream -- beside ``controls`` on the same seed; a fitness is then the mean
+    paired margin in agreement over the best control."""
 
     train: str | None  # pairs; None: the built-in task
     dpo: DPOConfig
+    controls: list[dict] = field(default_factory=list)  # [{"name", "order", "coefficients", "center"}]
+    seeds: list[int] = field(default_factory=list)  # the re-evaluation stage's; empty in search packs
+
+    @property
+    def members_per_unit(self) -> int:
+        return max(1, len(self.seeds))
+
+    def for_reevaluation(self, task_options, epochs: int) -> "DPOPackPlan":
+        """Fresh seeds, drawn from a range the search never uses (it trains on ``dpo.seed``)."""
+        base = self.dpo.seed + REEVALUATION_SEED_OFFSET
+        return replace(self, seeds=[base + k for k in range(task_options.reevaluation_seeds)])
 
 
 def reward_scale(loss: str | PreferenceTaylorLoss, beta: float) -> float:

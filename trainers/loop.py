@@ -370,44 +370,95 @@ def preference_candidates(cfg, pairs, device):
 
 
 def dpo_pack_worker_loop(config: dict) -> None:
-    """A DPO search pack: K candidate losses of the preference Taylor family, trained one after
-    another from the same initial weights on data prepared once (tokenised and reference values
-    computed; in pair mode, the lower layers' states cached on disk, shared by every pack).
+    """A DPO pack: losses of the preference Taylor family trained one after another from the same
+    initial weights on data prepared once per seed (tokenised and reference values computed; in
+    pair mode, the lower layers' states cached on disk, shared by every pack).
 
-    Transformers do not stack into one vectorised step the way the PU MLPs do, so a DPO pack
-    amortises the fixed costs (Train job start, data, tokenising, reference pass, cache) rather
-    than the steps. One report (and checkpoint of the finished candidates) per candidate; a
-    restarted pack skips the candidates it already finished.
+    A search pack trains its candidates on the search's seed; the re-evaluation stage
+    (``plan.seeds``) trains the controls and then every elite once per fresh seed (see
+    :class:`trainers.dpo.DPOPackPlan`). Transformers do not stack into one vectorised step the
+    way the PU MLPs do, so a pack amortises the fixed costs (Train job start, data, tokenising,
+    reference pass, cache) rather than the steps. One report (and checkpoint of every finished
+    training) per training; a restarted pack skips the trainings it already finished.
     """
     from dataclasses import replace
 
     from trainers.dpo import taylor_pair_loss
 
     job: PackJob = config["job"]
-    started = time.perf_counter()
+    plan, started, train_seconds = job.plan, time.perf_counter(), 0.0
     rank, world, device = worker_context()
     devices = assigned_devices(device)
-    cfg = replace(job.plan.dpo, device=str(device))
-    trainer = preference_candidates(cfg, load_pairs(job.plan.train, cfg.seed), device)
-    done = {int(i): CandidateResult.from_dict(r) for i, r in (restore() or {}).get("done", {}).items()}
-    pending = [c for c in job.candidates if c["id"] not in done]
-    train_seconds = 0.0
+    seeds = plan.seeds or [plan.dpo.seed]
+    losses = _paired_controls(plan) + job.candidates
+    agreements: dict = (restore() or {}).get("agreements", {})  # "seed/id": best agreement, None if diverged
+    pairs = load_pairs(plan.train, plan.dpo.seed)  # the data is the search's; a seed changes the split
 
-    def say(finished: bool) -> None:
-        results = [done[c["id"]] for c in job.candidates if c["id"] in done]
-        pack_report = PackReport(results, len(results), len(job.candidates), finished, len(job.candidates) - len(results),
+    def say() -> None:
+        results = dpo_results(plan, job.candidates, agreements)
+        total = len(seeds) * len(losses) if plan.seeds else len(job.candidates)
+        done = len(agreements) if plan.seeds else len(results)
+        pack_report = PackReport(results, done, total, done == total, len(job.candidates) - len(results),
                                  train_seconds=train_seconds, worker_seconds=time.perf_counter() - started,
-                                 unit="candidate", device=devices)
-        report(pack_report.to_dict(), rank, {"done": {i: r.to_dict() for i, r in done.items()}})
+                                 unit="training" if plan.seeds else "candidate", device=devices)
+        report(pack_report.to_dict(), rank, {"agreements": agreements})
 
-    if not pending:  # restarted after its last candidate: say so once more
-        say(True)
-    for index, candidate in enumerate(pending):
-        t0 = time.perf_counter()
-        run = trainer.train(taylor_pair_loss(candidate["coefficients"], candidate["center"]), (rank, world),
-                            average_gradients if world > 1 else None)
-        train_seconds += time.perf_counter() - t0
-        ok = not run.diverged
-        done[candidate["id"]] = CandidateResult(candidate["id"], run.best_agreement if ok else DIVERGED_FITNESS,
-                                                "ok" if ok else "diverged")
-        say(index == len(pending) - 1)
+    if all(f"{s}/{loss['id']}" in agreements for s in seeds for loss in losses):  # restarted after its last training
+        say()
+    for seed in seeds:
+        todo = [loss for loss in losses if f"{seed}/{loss['id']}" not in agreements]
+        trainer = preference_candidates(replace(plan.dpo, device=str(device), seed=seed), pairs, device) if todo else None
+        for loss in todo:
+            twin = _trained_twin(loss, losses, agreements, seed)
+            if twin is not None:  # an elite that is a control's own point: trained once per seed
+                agreements[f"{seed}/{loss['id']}"] = agreements[twin]
+                say()
+                continue
+            t0 = time.perf_counter()
+            run = trainer.train(taylor_pair_loss(loss["coefficients"], loss["center"]), (rank, world),
+                                average_gradients if world > 1 else None)
+            train_seconds += time.perf_counter() - t0
+            agreements[f"{seed}/{loss['id']}"] = None if run.diverged else run.best_agreement
+            say()
+
+
+def _paired_controls(plan) -> list[dict]:
+    """The controls a re-evaluation trains first on each seed (ids "control:NAME"); none in a search pack."""
+    return [{"id": f"control:{c['name']}", **c} for c in plan.controls] if plan.seeds else []
+
+
+def _trained_twin(loss: dict, losses: list[dict], agreements: dict, seed: int) -> str | None:
+    """The key of a loss with the same point already trained on ``seed`` (same point, same seed:
+    the same run), or None."""
+    point = np.r_[loss["coefficients"], loss["center"]]
+    for other in losses:
+        key = f"{seed}/{other['id']}"
+        if other is not loss and key in agreements and np.allclose(point, np.r_[other["coefficients"], other["center"]]):
+            return key
+    return None
+
+
+def dpo_results(plan, candidates: list[dict], agreements: dict) -> list[CandidateResult]:
+    """Results of the candidates whose every training finished. A search pack's fitness is the
+    validation agreement; a re-evaluation's the mean paired margin over the best control trained
+    on the same seed (a seed whose every control diverged is compared with chance, 0.5), with
+    its spread in ``details`` as :func:`search.engine.reevaluation.lower_bound` reads it."""
+    seeds = plan.seeds or [plan.dpo.seed]
+    controls = [c["id"] for c in _paired_controls(plan)]
+    results = []
+    for c in candidates:
+        values = [agreements.get(f"{s}/{c['id']}", "missing") for s in seeds]
+        if "missing" in values:
+            continue
+        if None in values:
+            results.append(CandidateResult(c["id"], DIVERGED_FITNESS, "diverged"))
+        elif not plan.seeds:
+            results.append(CandidateResult(c["id"], values[0], "ok"))
+        else:
+            best = [max((agreements[f"{s}/{k}"] for k in controls if agreements.get(f"{s}/{k}") is not None), default=0.5)
+                    for s in seeds]
+            margins = [v - b for v, b in zip(values, best)]
+            sd = float(np.std(margins, ddof=1)) if len(margins) > 1 else 0.0
+            results.append(CandidateResult(c["id"], float(np.mean(margins)), "ok",
+                                           {"scale": [1.0], "sd": [sd], "margins": margins, "agreements": values}))
+    return results

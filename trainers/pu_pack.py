@@ -58,6 +58,13 @@ class PUPackPlan:
     def members_per_unit(self) -> int:
         return self.folds * self.seeds_per_candidate
 
+    def for_reevaluation(self, task_options, epochs: int) -> "PUPackPlan":
+        """Fresh folds and seeds (a stream the search never drew from), every elite trained every
+        epoch (keep 1); the rungs only set how often the stage checkpoints and reports."""
+        step = max(1, epochs // 5)
+        return replace(self, folds=task_options.reevaluation_folds, seeds_per_candidate=task_options.reevaluation_seeds,
+                       keep=1.0, rungs=list(range(step, epochs, step)) + [epochs], stream=REEVALUATION_STREAM)
+
     def member_seeds(self) -> list[tuple[int, int]]:
         """(fold, seed) of each member of one candidate, in member order."""
         base = self.seed + 100_000 * self.stream

@@ -6,7 +6,7 @@ Layout of a results folder ``<storage>/<name>/``:
   evaluations.jsonl   the append-only evaluation log (source of truth)
   tune-<n>/           Ray Tune's own logs (CSV/JSON/TensorBoard), one folder per (re)start
   train/pack-<k>/     each pack's Ray Train run and checkpoints (train/reevaluation/: the elites')
-  reevaluation.json, reevaluation.csv   PU: the elites retrained on fresh folds and seeds
+  reevaluation.json, reevaluation.csv   the elites retrained beside the controls on fresh folds (pu) or seeds (dpo)
   leaderboard.csv, best_loss.json, best_loss.txt, best_fitness.png, loss_slices.png
   final_report.json   test metrics of the best loss (and PAN / DPO), scored once after the search
 """

@@ -46,7 +46,7 @@ def choose_elites(told: list[dict], recommendation, controls: list[dict], reeval
     A loss equal to a control or to a better elite is trained once and does not take an elite's
     place: the search starts at PAN and optimisers ask their centre again, so without this the
     elites of a short search can all be copies of a control."""
-    chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": list(c["coefficients"]) + list(c["center"]),
+    chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": np.r_[c["coefficients"], c["center"]].tolist(),
                "search_fitness": None} for i, c in enumerate(controls)]
     recommended = {"id": recommendation_id, "source": "recommendation", "search_fitness": None,
                    "vector": np.asarray(recommendation, dtype=float).tolist()}
@@ -60,17 +60,6 @@ def choose_elites(told: list[dict], recommendation, controls: list[dict], reeval
     if new(recommended):
         chosen.append(recommended)
     return chosen
-
-
-def reevaluation_plan(plan, task_options, epochs: int):
-    """The search's plan for the re-evaluation stage: fresh folds and seeds (a stream the search
-    never drew from), every elite trained every epoch (keep 1); the rungs only set how often it
-    checkpoints and reports."""
-    from trainers.pu_pack import REEVALUATION_STREAM
-
-    step = max(1, epochs // 5)
-    return replace(plan, folds=task_options.reevaluation_folds, seeds_per_candidate=task_options.reevaluation_seeds,
-                   keep=1.0, rungs=list(range(step, epochs, step)) + [epochs], stream=REEVALUATION_STREAM)
 
 
 def lower_bound(result: CandidateResult, members: int, z: float = LCB_Z) -> tuple[float, float]:
@@ -98,9 +87,9 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
             return record
         log(f"the re-evaluation in {path.name} saw {record.get('log_told', 'an older')} evaluation(s), the log now "
             f"holds {told}: choosing and re-evaluating the elites again")
-    stage = reevaluation_plan(plan, opts.task_options, opts.epochs)
-    log(f"re-evaluating {len(chosen)} elites (controls included) on {stage.folds} fresh folds x "
-        f"{stage.seeds_per_candidate} seeds, {opts.epochs} epochs")
+    stage = plan.for_reevaluation(opts.task_options, opts.epochs)
+    log(f"re-evaluating {len(chosen)} elites (controls included), each trained {stage.members_per_unit} time(s) "
+        f"on data splits and seeds the search never used, {opts.epochs} epochs")
     job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
     scaling = reevaluation_scaling(opts)
     progress = folder / "reevaluation.progress.jsonl"
@@ -180,3 +169,16 @@ def format_reevaluation(record: dict) -> str:
 def read_reevaluation(folder: Path) -> dict | None:
     path = Path(folder) / REEVALUATION_FILE
     return read_json(path, "re-evaluation record") if path.exists() else None
+
+
+def exported_control_note(folder: Path) -> str | None:
+    """A line for the final report when the stage's winner is a control: the exported file is that
+    control's Taylor point, and the user should know the exact loss is a flag away."""
+    record = read_reevaluation(folder)
+    if not record or record.get("winner") is None:
+        return None
+    source = next(r["source"] for r in record["rows"] if r["id"] == record["winner"])
+    if not source.startswith("control:"):
+        return None
+    return (f"the re-evaluation exported {source} as its Taylor point: no searched loss beat the controls on fresh "
+            f"folds or seeds; the exact loss is --loss {source.split(':', 1)[1]}")

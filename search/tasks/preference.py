@@ -27,6 +27,11 @@ class PreferenceSearchOptions:
     cache_dir: str = opt(DPOConfig.cache_dir, "--mode pair: the lower-layer state cache, shared by every pack and run")
     max_pairs: int | None = opt(None, "train on a seeded sample of this many pairs")
     fitness: str = opt("val_agreement", "validation agreement with the labels", choices=("val_agreement",))
+    controls: list[str] = opt(["dpo"], "hand-made losses trained beside the elites in the re-evaluation (dpo, sigmoid, "
+                                       "brier); an elite's fitness there is its paired margin over the best of them")
+    reevaluate: int = opt(3, "elites retrained after the search on fresh seeds, beside the controls (0: none)")
+    reevaluation_seeds: int = opt(3, "fresh seeds per elite in the re-evaluation (each a new prompt split, initial "
+                                     "weights and batch order)")
 
     def __post_init__(self) -> None:
         # Train workers run inside their trial folders: a relative folder must mean the driver's
@@ -41,6 +46,16 @@ class PreferenceSearchOptions:
             raise UsageError(f"unknown fitness {self.fitness!r} for --task dpo; choose from ('val_agreement',)")
         if self.max_pairs is not None and self.max_pairs < 2:
             raise UsageError(f"--max-pairs must be at least 2, got {self.max_pairs}")
+        if self.reevaluate < 0 or self.reevaluation_seeds < 1:
+            raise UsageError(f"need --reevaluate >= 0 and --reevaluation-seeds >= 1, got {self.reevaluate} and "
+                             f"{self.reevaluation_seeds}")
+        if self.reevaluate and not self.controls:
+            raise UsageError("the re-evaluation needs a control to pair with: give --controls dpo (or --reevaluate 0)")
+        from trainers.losses.preference_taylor import SEED_FUNCTIONS
+
+        for name in self.controls:
+            if name not in SEED_FUNCTIONS:
+                raise UsageError(f"--controls: no hand-made preference loss {name!r}; choose from {sorted(SEED_FUNCTIONS)}")
 
 
 class PreferenceTask:
@@ -70,7 +85,8 @@ class PreferenceTask:
         cfg.check_workers(opts.workers_per_trial, "--workers-per-trial")
 
     def smoke(self, opts: SearchOptions) -> SearchOptions:
-        return replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600))
+        return replace(opts, epochs=1, task_options=replace(opts.task_options, max_pairs=600, reevaluate=2,
+                                                            reevaluation_seeds=2))
 
     def read_inputs(self, opts: SearchOptions) -> None:
         from trainers.data.pairs import read_pairs
@@ -92,7 +108,9 @@ class PreferenceTask:
     def plan(self, opts: SearchOptions, inputs: None):
         from trainers.dpo import DPOPackPlan
 
-        return DPOPackPlan(train=opts.train[0] if opts.train else None, dpo=self.dpo_config(opts))
+        space = self.space(opts.order)
+        controls = [{"name": n, **space.candidate(space.seed_point(n))} for n in opts.task_options.controls]
+        return DPOPackPlan(train=opts.train[0] if opts.train else None, dpo=self.dpo_config(opts), controls=controls)
 
     def worker_loop(self):
         from trainers.loop import dpo_pack_worker_loop
@@ -117,7 +135,10 @@ class PreferenceTask:
         log(f"cache ready: {stats['texts']} texts, {stats['computed']} computed now")
 
     def after_search(self, folder: Path, opts: SearchOptions, plan, searcher, log: Log) -> None:
-        """Nothing between the budget and the report: no re-evaluation stage for preference losses."""
+        from search.engine.reevaluation import reevaluate_elites
+
+        if opts.task_options.reevaluate > 0:
+            reevaluate_elites(folder, opts, plan, searcher, self.space(opts.order), self.worker_loop(), log)
 
     def final_report(self, folder: Path, opts: SearchOptions, log: Log) -> dict:
         return final_dpo_report(folder, opts, self.dpo_config(opts), log)
@@ -129,18 +150,22 @@ class PreferenceTask:
 def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
     """Train the best loss and plain DPO with the search's settings on data prepared once (in pair
     mode, over the search's cache), and score both on the test pairs."""
+    from search.engine.reevaluation import exported_control_note
     from trainers.data.pairs import read_pairs
     from trainers.dpo import default_pairs
     from trainers.loop import preference_candidates
     from trainers.losses.preference import resolve_preference_loss
     from trainers.losses.preference_taylor import PreferenceTaylorLoss
 
+    note = exported_control_note(folder)
     if opts.train:
         train, test = read_pairs(opts.train[0]), read_pairs(opts.test[0]) if opts.test else None
     else:
         train, test = default_pairs(opts.seed)
     if test is None:
         log("no --test given: the best loss is not scored on held-out data")
+        if note:
+            log(note)
         return {}
     trainer = preference_candidates(cfg, train, cfg.device)
     report = {}
@@ -153,6 +178,8 @@ def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
     log("test pairs (scored once, after the search): " + "  ".join(
         f"{k}: agreement {v['test_agreement']:.4f} (length-controlled {v['test_agreement_lc']:.4f})"
         for k, v in report.items() if v.get("test_agreement") is not None))
+    if note:
+        log(note)
     return report
 
 

@@ -243,14 +243,13 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
     labelling on ``FINAL_SEEDS`` seeds, scored once on the test split; a line says what the
     search bought over the best control (test labels choose nothing: the loss was exported
     before this runs)."""
+    from search.engine.reevaluation import exported_control_note
     from trainers.config import PUConfig
     from trainers.pu import load_tables, train_pu
 
     o = opts.task_options
     pairs = list(zip(training_sources(opts), opts.test)) if opts.train else [(None, None)]
-    exported = _exported_control(folder)
-    note = exported and (f"the re-evaluation exported {exported} as its Taylor point: no searched loss beat the "
-                         f"controls on fresh folds; the exact loss is --loss {exported.split(':', 1)[1]}")
+    note = exported_control_note(folder)
     if opts.train and not opts.test:
         log("no --test given: the best loss is not scored on held-out data")
         if note:
@@ -272,16 +271,6 @@ def final_pu_report(folder: Path, opts, log=print) -> dict:
     if note:
         log(note)
     return report
-
-
-def _exported_control(folder: Path) -> str | None:
-    from search.engine.reevaluation import read_reevaluation
-
-    record = read_reevaluation(folder)
-    if not record or record.get("winner") is None:
-        return None
-    source = next(r["source"] for r in record["rows"] if r["id"] == record["winner"])
-    return source if source.startswith("control:") else None
 
 
 @contextmanager
