@@ -84,6 +84,9 @@ def test_dpo_search_tells_every_candidate_reevaluates_elites_beside_dpo_and_scor
     # ... the fresh seeds are other splits and initial weights than the search's: dpo's own agreement moves
     seed_dpo = next(e for e in told if e.source == "seed:dpo")
     assert control["details"]["agreements"] != [seed_dpo.fitness] * 2
+    # shrinkage in the stage's units: a search agreement minus the search's own dpo agreement, minus the margin
+    assert record["shrinkage"] == pytest.approx(
+        sum(r["search_fitness"] - seed_dpo.fitness - r["reevaluated_fitness"] for r in searched) / len(searched))
     winner = max((r for r in record["rows"] if r["lcb"] is not None), key=lambda r: r["lcb"])
     assert record["winner"] == winner["id"] == summary["best"]["id"]
     assert any(line.startswith("re-evaluating") for line in lines)

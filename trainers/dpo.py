@@ -58,6 +58,9 @@ class DPOPackPlan:
     def members_per_unit(self) -> int:
         return max(1, len(self.seeds))
 
+    # A search fitness is the agreement itself; the re-evaluation's is a margin over the controls.
+    search_fitness_paired = False
+
     def for_reevaluation(self, task_options, epochs: int) -> "DPOPackPlan":
         """Fresh seeds, drawn from a range the search never uses (it trains on ``dpo.seed``)."""
         base = self.dpo.seed + REEVALUATION_SEED_OFFSET

@@ -58,6 +58,10 @@ class PUPackPlan:
     def members_per_unit(self) -> int:
         return self.folds * self.seeds_per_candidate
 
+    # A search fitness is in the re-evaluation's units: both paired margins over the controls
+    # trained beside it (or both raw without controls).
+    search_fitness_paired = True
+
     def for_reevaluation(self, task_options, epochs: int) -> "PUPackPlan":
         """Fresh folds and seeds (a stream the search never drew from), every elite trained every
         epoch (keep 1); the rungs only set how often the stage checkpoints and reports."""

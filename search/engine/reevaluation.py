@@ -100,7 +100,8 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
     report = PackReport.from_dict(result.metrics)
     if report is None or not report.finished:
         raise RuntimeError(f"the re-evaluation job ended without its results: {result.error}")
-    record = {**summarise(chosen, report.results, stage.members_per_unit), "log_told": told}
+    record = {**summarise(chosen, report.results, stage.members_per_unit, search_baseline(folder, plan, chosen)),
+              "log_told": told}
     write_json(path, record)
     write_reevaluation_csv(folder / REEVALUATION_CSV, record)  # printed with the leaderboard
     return record
@@ -124,7 +125,19 @@ def _still_current(record: dict, told: int, chosen: list[dict]) -> bool:
     return searched == {e["id"] for e in chosen if e["search_fitness"] is not None}
 
 
-def summarise(chosen: list[dict], results: list[CandidateResult], members: int) -> dict:
+def search_baseline(folder: Path, plan, chosen: list[dict]) -> float | None:
+    """What to subtract from a search fitness to put it in the re-evaluation's units: 0 where the
+    search's packs already scored paired margins (PU), else (DPO: agreement) the search's own
+    evaluation of a control's point (the seed loss ``dpo``), or None when it has none."""
+    if plan.search_fitness_paired:
+        return 0.0
+    controls = [e["vector"] for e in chosen if e["source"].startswith("control:")]
+    at_controls = [e.fitness for e in EvaluationLog(folder).told() if e.status == "ok"
+                   and any(np.allclose(e.vector, c, atol=1e-9) for c in controls)]
+    return max(at_controls, default=None)
+
+
+def summarise(chosen: list[dict], results: list[CandidateResult], members: int, baseline: float | None = 0.0) -> dict:
     by_id = {r.id: r for r in results}
     rows = []
     for e in chosen:
@@ -134,7 +147,8 @@ def summarise(chosen: list[dict], results: list[CandidateResult], members: int) 
                      "se": se, "lcb": fitness - LCB_Z * se if r.status == "ok" else None, "details": r.details})
     ok = [row for row in rows if row["lcb"] is not None]
     winner = max(ok, key=lambda row: (row["lcb"], -row["id"]), default=None)
-    shrink = [row["search_fitness"] - row["reevaluated_fitness"] for row in ok if row["search_fitness"] is not None]
+    shrink = [row["search_fitness"] - baseline - row["reevaluated_fitness"] for row in ok
+              if row["search_fitness"] is not None and baseline is not None]
     return {"members_per_candidate": members, "z": LCB_Z, "rows": rows,
             "winner": None if winner is None else winner["id"],
             "shrinkage": float(np.mean(shrink)) if shrink else None}
