@@ -10,10 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
 # Told to the optimiser for a candidate that diverged (NaN/inf loss or weights), was rejected
 # before training, or whose trial failed: below every fitness a task reports (agreements and
 # AUCs lie in [0, 1]; PU margins over a control, even in noise units, stay far above it).
 DIVERGED_FITNESS = -1000.0
+
+
+def loss_point(loss: dict) -> np.ndarray:
+    """A loss's point in the search space, as the optimiser and the evaluation log hold it: its
+    Taylor coefficients, then its centre."""
+    return np.r_[loss["coefficients"], loss["center"]]
+
+
+def same_point(a, b) -> bool:
+    """Whether two points are one loss. A point read back from JSON or from the optimiser's
+    transforms differs from the asked one by rounding only, so equality is up to a tolerance."""
+    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), atol=1e-9)
 
 
 @dataclass

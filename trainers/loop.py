@@ -24,7 +24,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackJob, PackReport, PUTrainJob
+from trainers.boundary import DIVERGED_FITNESS, CandidateResult, PackJob, PackReport, PUTrainJob, loss_point, same_point
 from trainers.checkpoints import STATE_FILE, load_state, save_state
 from trainers.pu_pack import PackState, run_pack
 
@@ -430,10 +430,9 @@ def _paired_controls(plan) -> list[dict]:
 def _trained_twin(loss: dict, losses: list[dict], agreements: dict, seed: int) -> str | None:
     """The key of a loss with the same point already trained on ``seed`` (same point, same seed:
     the same run), or None."""
-    point = np.r_[loss["coefficients"], loss["center"]]
     for other in losses:
         key = f"{seed}/{other['id']}"
-        if other is not loss and key in agreements and np.allclose(point, np.r_[other["coefficients"], other["center"]]):
+        if other is not loss and key in agreements and same_point(loss_point(loss), loss_point(other)):
             return key
     return None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from search.engine.evaluations import EvaluationLog
-from trainers.boundary import CandidateResult, PackJob, PackReport
+from trainers.boundary import CandidateResult, PackJob, PackReport, loss_point, same_point
 from trainers.files import read_json, write_json
 
 REEVALUATION_FILE = "reevaluation.json"
@@ -45,12 +45,12 @@ def choose_elites(told: list[dict], recommendation, controls: list[dict], reeval
     A loss equal to a control or to a better elite is trained once and does not take an elite's
     place: the search starts at PAN and optimisers ask their centre again, so without this the
     elites of a short search can all be copies of a control."""
-    chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": np.r_[c["coefficients"], c["center"]].tolist(),
+    chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": loss_point(c).tolist(),
                "search_fitness": None} for i, c in enumerate(controls)]
     recommended = {"id": recommendation_id, "source": "recommendation", "search_fitness": None,
                    "vector": np.asarray(recommendation, dtype=float).tolist()}
     def new(e: dict) -> bool:
-        return not any(np.allclose(e["vector"], c["vector"], atol=1e-9) for c in chosen)
+        return not any(same_point(e["vector"], c["vector"]) for c in chosen)
 
     searched = len(chosen) + reevaluate
     for e in sorted(told, key=lambda e: (-e["search_fitness"], e["id"])):
@@ -132,7 +132,7 @@ def search_baseline(folder: Path, plan, chosen: list[dict]) -> float | None:
         return 0.0
     controls = [e["vector"] for e in chosen if e["source"].startswith("control:")]
     at_controls = [e.fitness for e in EvaluationLog(folder).told() if e.status == "ok"
-                   and any(np.allclose(e.vector, c, atol=1e-9) for c in controls)]
+                   and any(same_point(e.vector, c) for c in controls)]
     return max(at_controls, default=None)
 
 

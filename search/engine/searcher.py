@@ -19,7 +19,7 @@ from ray.tune.search import Searcher
 
 from search.engine.evaluations import EvaluationLog
 from search.engine.space import LossSpace, make_nevergrad_optimizer
-from trainers.boundary import DIVERGED_FITNESS, PackReport
+from trainers.boundary import DIVERGED_FITNESS, PackReport, same_point
 
 
 class PackSearcher(Searcher):
@@ -57,7 +57,7 @@ class PackSearcher(Searcher):
                 if seeds and event.get("source", "").startswith("seed:"):
                     self.optimizer.suggest(np.asarray(seeds.pop(0)[1]))
                 candidate = self.optimizer.ask()
-                if not np.allclose(candidate.value, event["vector"], atol=1e-9):
+                if not same_point(candidate.value, event["vector"]):
                     # The optimiser did not retrace its steps (another Nevergrad version, say):
                     # fall back to telling the logged point as one it never asked.
                     candidate = self.optimizer.parametrization.spawn_child(new_value=np.asarray(event["vector"]))
