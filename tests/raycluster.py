@@ -85,6 +85,18 @@ def wait_exit(proc: subprocess.Popen, idle: float, progress) -> int:
     return proc.returncode
 
 
+def run_while_progressing(argv: list[str], cwd: Path, log: Path, idle: float, *watched: Path) -> int:
+    """Run ``argv`` to its end, output to ``log``; fail only after ``idle`` seconds in which neither
+    ``log`` nor ``watched`` changed (a benchmark on a busy machine is slow, not stuck)."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        return wait_exit(proc, idle, files_growth(log, *watched))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def lossforge(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
     """Start ``lossforge ARGS`` as a driver in its own session, output to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -144,35 +156,3 @@ def process_parent(pid: int) -> int | None:
 
 def find_processes(text: str) -> list[int]:
     return [pid for pid, (_, cmd) in _processes().items() if text in cmd]
-
-
-def _size(paths) -> int:
-    total = 0
-    for path in map(Path, paths):
-        files = path.rglob("*") if path.is_dir() else [path]
-        for f in files:
-            try:
-                total += f.stat().st_size
-            except OSError:
-                pass
-    return total
-
-
-def wait_while_progressing(predicate, watched, what: str, idle: float = 180.0) -> None:
-    """Wait until ``predicate()``; give up only after ``idle`` seconds in which nothing under
-    ``watched`` (logs, results folders) grew: a slow, shared machine gets the time it needs, a
-    hung run does not get forever."""
-    size, deadline = _size(watched), time.time() + idle
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: nothing progressed for {idle:.0f} s")
-        time.sleep(0.3)
-        now = _size(watched)
-        if now != size:
-            size, deadline = now, time.time() + idle
-
-
-def exit_code(proc: subprocess.Popen, watched, what: str, idle: float = 180.0) -> int:
-    """``proc``'s exit status, waiting while ``watched`` grows (see wait_while_progressing)."""
-    wait_while_progressing(lambda: proc.poll() is not None, watched, what, idle)
-    return proc.returncode

@@ -4,12 +4,12 @@ full size is an hour's measurement, see benchmarks/RESULTS.md)."""
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from raycluster import run_while_progressing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,9 +31,9 @@ def test_every_benchmark_script_imports():
 @pytest.mark.slow
 def test_search_efficiency_compares_optimisers_on_the_search_fitness(tmp_path):
     out = tmp_path / "efficiency.json"
-    subprocess.run([sys.executable, "benchmarks/search_efficiency.py", "--n", "6", "--pack", "3", "--epochs", "1",
-                    "--optimizers", "TwoPointsDE,CMA-pop4", "--seeds", "1", "--threads", "1", "--json", str(out)],
-                   cwd=REPO, check=True, timeout=600)
+    argv = [sys.executable, "benchmarks/search_efficiency.py", "--n", "6", "--pack", "3", "--epochs", "1",
+            "--optimizers", "TwoPointsDE,CMA-pop4", "--seeds", "1", "--threads", "1", "--json", str(out)]
+    assert run_while_progressing(argv, REPO, tmp_path / "run.log", 300, tmp_path) == 0, (tmp_path / "run.log").read_text()[-3000:]
     table = json.loads(out.read_text())
     assert set(table) == {"RandomSearch", "TwoPointsDE", "CMA-pop4"}
     assert table["RandomSearch"][0]["needed"] == 6
@@ -68,7 +68,8 @@ def test_proxy_by_validation_picks_by_fitness_seeds_and_scores_on_the_others(tmp
     out, traces = tmp_path / "pbv.json", tmp_path / "traces"
     argv = [sys.executable, "benchmarks/proxy_by_validation.py", "--candidates", "3", "--seeds", "3", "--epochs", "1",
             "--sizes", "0", "50", "--labellings", "sar-group", "--val-metrics", "f1", "--traces", str(traces)]
-    subprocess.run(argv + ["--json", str(out)], cwd=REPO, check=True, timeout=600, capture_output=True)
+    assert run_while_progressing(argv + ["--json", str(out)], REPO, tmp_path / "run.log", 300, traces) == 0, \
+        (tmp_path / "run.log").read_text()[-3000:]
     (result,) = json.loads(out.read_text()).values()
     pu_only, n50 = result["sizes"]
     for row in (pu_only, n50):
@@ -78,5 +79,6 @@ def test_proxy_by_validation_picks_by_fitness_seeds_and_scores_on_the_others(tmp
     assert set(result["threshold_gain"]["50"]) == {"naive", "upu", "nnpu", "vpu", "pan"}
     assert len(list(traces.glob("*.npz"))) == 3
     again = tmp_path / "again.json"
-    subprocess.run(argv + ["--json", str(again)], cwd=REPO, check=True, timeout=120, capture_output=True)
+    assert run_while_progressing(argv + ["--json", str(again)], REPO, tmp_path / "again.log", 120) == 0, \
+        (tmp_path / "again.log").read_text()[-3000:]
     assert next(iter(json.loads(again.read_text()).values()))["sizes"] == result["sizes"]

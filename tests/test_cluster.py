@@ -19,7 +19,7 @@ from search.engine.evaluations import EvaluationLog
 from trainers.boundary import PackReport
 
 pytestmark = pytest.mark.slow
-NODE = ["--num-cpus=1", "--memory=2000000000", "--object-store-memory=150000000", "--disable-usage-stats"]
+NODE = ["--memory=2000000000", "--object-store-memory=150000000", "--disable-usage-stats"]
 
 
 def free_port() -> int:
@@ -57,10 +57,14 @@ class Cluster:
 
     def start(self):
         self.ray("start", "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
-                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *NODE)
+                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                 # No CPU on the head: every Train worker runs on a worker node, so the node-loss test
+                 # always has a node to kill (with one CPU each, a busy machine's packs could all
+                 # land on the head and the search finish with nothing killed).
+                 "--num-cpus=0", *NODE)
         self.head_raylets = set(raylet_pids(self.temp_dir))
         for _ in range(2):
-            self.ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1", *NODE)
+            self.ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1", *NODE)
         deadline = time.time() + 60
         while len(raylet_pids(self.temp_dir)) < 3:
             assert time.time() < deadline, "worker nodes did not come up"
@@ -100,12 +104,14 @@ def test_losing_a_node_restarts_the_pack_from_its_checkpoint(cluster, tmp_path):
     log = EvaluationLog(tmp_path / "node")
     driver = cluster.lossforge("search", "--address", cluster.address, "--name", "node", "--storage", str(tmp_path),
                                "--budget", "6", "--pack", "2", "--epochs", "10", "--concurrency", "1",
-                               "--max-failures", "2", log=tmp_path / "node.log")
+                               "--max-failures", "2", "--reevaluate", "0", log=tmp_path / "node.log")
     try:
         victim, victim_pack = None, None
 
         def running_pack_has_a_checkpoint_on_a_worker_node():
             nonlocal victim, victim_pack
+            assert driver.poll() is None, "the search ended before a pack with a checkpoint ran on a worker node:\n" + \
+                (tmp_path / "node.log").read_text()[-3000:]
             told = {e.id for e in log.told()}
             running = {e.pack for e in log.evaluations() if e.id not in told}
             if len(running) != 1:
@@ -135,7 +141,7 @@ def test_losing_a_node_restarts_the_pack_from_its_checkpoint(cluster, tmp_path):
 def test_submitted_search_survives_its_driver(cluster, tmp_path):
     storage = str(tmp_path)
     args = ["--address", cluster.dashboard, "--no-working-dir", "--name", "job", "--storage", storage,
-            "--budget", "6", "--pack", "2", "--epochs", "3", "--concurrency", "1"]
+            "--budget", "6", "--pack", "2", "--epochs", "3", "--concurrency", "1", "--reevaluate", "0"]
     out = cluster.run("submit", *args)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.split("submitted job ")[1].split(":")[0]

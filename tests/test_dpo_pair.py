@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,9 +127,11 @@ fill_cache(model, open_cache(cfg, model), sorted(set(pairs.a) | set(pairs.b)), c
 def test_caching_killed_midway_resumes_with_only_valid_entries(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", CACHE_SCRIPT, str(tmp_path / "cache")], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((tmp_path / "cache").rglob("*.bin"))) < 200:
-        time.sleep(0.05)
+    from raycluster import files_growth, wait_for
+
+    cache_dir = tmp_path / "cache"
+    wait_for(lambda: len(list(cache_dir.rglob("*.bin"))) >= 200 or proc.poll() is not None, 60, "200 cache entries",
+             files_growth(cache_dir))
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     cfg = tiny_cfg(tmp_path, cache_batch=1)
@@ -215,7 +216,7 @@ def test_trained_pair_scorer_learns_and_score_pairs_swaps_exactly(tmp_path, caps
 def test_train_dpo_pair_killed_mid_epoch_resumes_and_serves(tmp_path):
     """The real command on a local Ray cluster: killed after a mid-epoch checkpoint, resumed with
     ``--resume`` from that step, then the saved scorer swaps exactly."""
-    from raycluster import kill_session, lossforge, wait_for
+    from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
     out = tmp_path / "run"
     args = ["train-dpo", "--mode", "pair", "--out", str(out), "--max-pairs", "1500", "--epochs", "1", "--window", "8",
@@ -224,7 +225,8 @@ def test_train_dpo_pair_killed_mid_epoch_resumes_and_serves(tmp_path):
     driver = lossforge(*args, cwd=tmp_path, log=tmp_path / "run1.log")
     try:
         snapshot = out / "ray" / "train-dpo" / "checkpoint_manager_snapshot.json"
-        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "a checkpoint")
+        wait_for(lambda: snapshot.exists() and '"checkpoint_dir_name"' in snapshot.read_text(), 240, "a checkpoint",
+                 files_growth(out, tmp_path / "cache", tmp_path / "run1.log"))
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
     finally:
@@ -232,7 +234,8 @@ def test_train_dpo_pair_killed_mid_epoch_resumes_and_serves(tmp_path):
     assert not (out / "metrics.json").exists(), (tmp_path / "run1.log").read_text()[-3000:]
     resumed = lossforge("train-dpo", "--out", str(out), "--resume", cwd=tmp_path, log=tmp_path / "run2.log")
     try:
-        assert resumed.wait(400) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(resumed, 240, files_growth(out, tmp_path / "run2.log")) == 0, \
+            (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
     log = (tmp_path / "run2.log").read_text()

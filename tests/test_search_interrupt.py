@@ -9,7 +9,7 @@ import shutil
 import signal
 
 import pytest
-from raycluster import exit_code, kill_session, lossforge, wait_while_progressing
+from raycluster import files_growth, kill_session, lossforge, wait_exit, wait_for
 
 from search.engine.evaluations import EvaluationLog
 
@@ -26,13 +26,13 @@ def _interrupt_mid_pack(tmp_path, storage, sig) -> tuple[EvaluationLog, str, int
     folder = storage / "s"
     log = EvaluationLog(folder)
     driver = lossforge("search", "--name", "s", "--storage", str(storage), *ARGS, cwd=tmp_path, log=tmp_path / "run1.log")
-    watched = [tmp_path / "run1.log", storage]
+    progress = files_growth(tmp_path / "run1.log", storage)
     try:
-        wait_while_progressing(lambda: len(log.told()) >= 2 and len(log.evaluations()) >= 4, watched, "the second pack")
-        wait_while_progressing(lambda: any(folder.glob("train/pack-00001/checkpoint_*")) or len(log.told()) >= 4,
-                               watched, "the second pack's first checkpoint")
+        wait_for(lambda: len(log.told()) >= 2 and len(log.evaluations()) >= 4, 180, "the second pack", progress)
+        wait_for(lambda: any(folder.glob("train/pack-00001/checkpoint_*")) or len(log.told()) >= 4, 180,
+                 "the second pack's first checkpoint", progress)
         os.kill(driver.pid, sig)
-        code = exit_code(driver, watched, "the interrupted driver", idle=60)
+        code = wait_exit(driver, 60, progress)
     finally:
         kill_session(driver.pid)
     return log, (tmp_path / "run1.log").read_text(), code
@@ -62,18 +62,18 @@ def test_ctrl_c_mid_pack_exits_130_then_exactly_one_of_two_resumes_finishes_it_e
     assert 2 <= len(before) < BUDGET
 
     first = lossforge("resume", "s", "--storage", str(storage), cwd=tmp_path, log=tmp_path / "run2.log")
-    watched = [tmp_path / "run2.log", folder]
+    progress = files_growth(tmp_path / "run2.log", folder)
     try:
-        wait_while_progressing(lambda: "already evaluated" in (tmp_path / "run2.log").read_text(), watched,
-                               "the first resume to start its trials")
+        wait_for(lambda: "already evaluated" in (tmp_path / "run2.log").read_text(), 180,
+                 "the first resume to start its trials", progress)
         second = lossforge("resume", "s", "--storage", str(storage), cwd=tmp_path, log=tmp_path / "run3.log")
         try:
-            assert exit_code(second, watched + [tmp_path / "run3.log"], "the second resume", idle=120) == 2
+            assert wait_exit(second, 120, files_growth(tmp_path / "run2.log", folder, tmp_path / "run3.log")) == 2
         finally:
             kill_session(second.pid)
         refused = (tmp_path / "run3.log").read_text()
         assert "in use by" in refused and f"pid {first.pid}" in refused and len(refused.strip().splitlines()) == 1
-        assert exit_code(first, watched, "the first resume") == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        assert wait_exit(first, 180, progress) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(first.pid)
     _finished_exactly(folder, log, before)
@@ -96,7 +96,7 @@ def test_sigterm_mid_pack_exits_143_and_a_copied_folder_resumes_where_it_lies(tm
     elsewhere.mkdir()
     resumed = lossforge("resume", "s", "--storage", "../st2", cwd=elsewhere, log=tmp_path / "run2.log")
     try:
-        assert exit_code(resumed, [tmp_path / "run2.log", copy], "the resume of the copy") == 0, \
+        assert wait_exit(resumed, 180, files_growth(tmp_path / "run2.log", copy)) == 0, \
             (tmp_path / "run2.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
