@@ -82,3 +82,35 @@ def test_proxy_by_validation_picks_by_fitness_seeds_and_scores_on_the_others(tmp
     assert run_while_progressing(argv + ["--json", str(again)], REPO, tmp_path / "again.log", 120) == 0, \
         (tmp_path / "again.log").read_text()[-3000:]
     assert next(iter(json.loads(again.read_text()).values()))["sizes"] == result["sizes"]
+
+
+@pytest.mark.slow
+def test_transfer_loo_searches_without_the_held_out_set_and_scores_on_it(tmp_path):
+    """Three tiny sets: each search reads the other two only, each row scores on its held-out set,
+    and a second run reuses the finished searches instead of searching again."""
+    from conftest import write_embeddings
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["a", "b", "c"]):
+        label = (rng.random(500) < 0.4).astype(np.int8)
+        x = rng.normal(size=(500, 8)) + (1.5 + 0.3 * k) * label[:, None] * np.eye(8)[k]
+        write_embeddings(tmp_path / name / "train.parquet", x[:400], label=label[:400])
+        write_embeddings(tmp_path / name / "test.parquet", x[400:], label=label[400:])
+    out, storage = tmp_path / "loo.json", tmp_path / "loo"
+    argv = [sys.executable, "benchmarks/transfer_loo.py", "--data", *(str(tmp_path / n) for n in "abc"),
+            "--budget", "2", "--epochs", "1", "--seeds", "1", "--storage", str(storage), "--json", str(out),
+            "--search-args", "--pack 2 --rungs none --reevaluate 0 --concurrency 1"]
+    assert run_while_progressing(argv, REPO, tmp_path / "run.log", 300, storage) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["held_out"] for r in rows] == ["a", "b", "c"]
+    for r in rows:
+        spec = (storage / f"loo-{r['held_out']}" / "search.json").read_text()
+        others = [n for n in "abc" if n != r["held_out"]]
+        read = [n for n in "abc" if str(tmp_path / n / "train.parquet") in spec]
+        assert read == others, (r["held_out"], read)
+        assert r["best_baseline"] in ("naive", "upu", "nnpu", "vpu", "pan") and math.isfinite(r["f1"])
+        assert r["gain"] == pytest.approx(r["f1"] - r["best_f1"])
+    logs = {p: p.stat().st_mtime_ns for p in storage.rglob("evaluations.jsonl")}
+    assert len(logs) == 3
+    assert run_while_progressing(argv, REPO, tmp_path / "again.log", 300, storage) == 0
+    assert {p: p.stat().st_mtime_ns for p in storage.rglob("evaluations.jsonl")} == logs, "finished searches reused"
