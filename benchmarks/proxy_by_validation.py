@@ -43,9 +43,9 @@ from trainers.data.synthetic import synthetic_pu_problem  # noqa: E402
 from trainers.metrics import (  # noqa: E402
     classification_metrics, labelled_fitness, labelled_threshold, pu_fitness, shared_threshold,
 )
+from trainers.pu import PU_BASELINES as BASELINES  # noqa: E402
 from trainers.pu import Objective, TrainTensors, build_population, selector_scores, train_epoch  # noqa: E402
 
-BASELINES = ("naive", "upu", "nnpu", "vpu", "pan")
 POOL = 1000
 SIZES = (0, 50, 100, 200, 500, 1000)
 

@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pu_baselines import run as score_methods  # noqa: E402
 
-# The baselines a user could pick without the truth (the oracle trains on it).
-BASELINES = ("naive", "upu", "nnpu", "vpu", "pan")
+from trainers.pu import PU_BASELINES as BASELINES  # noqa: E402
 
 
 def search_without(held_out: Path, sets: list[Path], args) -> Path:

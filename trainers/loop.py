@@ -430,9 +430,10 @@ def _paired_controls(plan) -> list[dict]:
 def _trained_twin(loss: dict, losses: list[dict], agreements: dict, seed: int) -> str | None:
     """The key of a loss with the same point already trained on ``seed`` (same point, same seed:
     the same run), or None."""
+    point = loss_point(loss)
     for other in losses:
         key = f"{seed}/{other['id']}"
-        if other is not loss and key in agreements and same_point(loss_point(loss), loss_point(other)):
+        if other is not loss and key in agreements and same_point(point, loss_point(other)):
             return key
     return None
 

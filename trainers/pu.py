@@ -29,11 +29,12 @@ from trainers.metrics import classification_metrics, labelled_fitness, labelled_
 from trainers.models.mlp import StackedMLP
 
 BASELINES = ("naive", "oracle", "upu", "nnpu", "vpu", "pan")
+PU_BASELINES = tuple(m for m in BASELINES if m != "oracle")  # what a user can train: the oracle needs the truth
 NEEDS_PRIOR = ("upu", "nnpu")
 GAME_METHODS = ("pan", "taylor")  # trained as a selector/discriminator game
 ZOO_PREFIX = "zoo:"
 
-__all__ = ["PUConfig", "BASELINES", "train_pu", "run_epochs", "Population", "TrainTensors", "ValidationSets"]
+__all__ = ["PUConfig", "BASELINES", "PU_BASELINES", "train_pu", "run_epochs", "Population", "TrainTensors", "ValidationSets"]
 
 
 # -- loss specs --------------------------------------------------------------------------------
