@@ -11,8 +11,11 @@ searched loss buys on a data set it has never seen.
         ../shared/data/pu/20news EXTRA/agnews EXTRA/trec --budget 64 --storage loo --json loo.json
 
 Each folder holds train.parquet and test.parquet. A finished search is reused and an interrupted
-one resumed (searches are named ``loo-<set>`` under ``--storage``), so the benchmark can be run
-again after a stop. ``--search-args "--pack 2 --rungs none"`` passes options to every search.
+one resumed (searches are named ``loo-<set>`` under ``--storage``), and each held-out set's scoring
+is kept beside its search, so the benchmark can be run again after a stop; each row is printed and
+the JSON rewritten as soon as its set is scored. A search folder that was trained on another list of
+sets is refused, not reused (use another ``--storage``). ``--search-args "--pack 2 --rungs none"``
+passes options to every search.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pu_baselines import run as score_methods  # noqa: E402
 
+from trainers.data.storage import normalise  # noqa: E402
+from trainers.files import write_json  # noqa: E402
 from trainers.pu import PU_BASELINES as BASELINES  # noqa: E402
 
 
@@ -35,11 +40,17 @@ def search_without(held_out: Path, sets: list[Path], args) -> Path:
     """The exported loss of a search over every set but ``held_out`` (run, resumed or reused)."""
     name = f"loo-{held_out.name}"
     folder = Path(args.storage) / name
+    others = [str(s / "train.parquet") for s in sets if s != held_out]
+    spec = folder / "search.json"
+    searched_on = sorted(map(normalise, json.loads(spec.read_text())["train"])) if spec.exists() else None
+    if searched_on is not None and searched_on != sorted(map(normalise, others)):
+        sys.exit(f"transfer_loo: {folder} was searched on other sets than {others}; "
+                 "use another --storage for another list of sets")
     if not (folder / "best_loss.json").exists():
         if folder.exists():
             cmd = ["resume", name, "--storage", args.storage]
         else:
-            trains = [a for s in sets if s != held_out for a in ("--train", str(s / "train.parquet"))]
+            trains = [a for t in others for a in ("--train", t)]
             cmd = ["search", "--name", name, "--storage", args.storage, *trains, "--budget", str(args.budget),
                    "--seed", str(args.seed), "--epochs", str(args.epochs), "--labelling", args.labelling,
                    "--val-size", str(args.val_size), *shlex.split(args.search_args)]
@@ -48,12 +59,20 @@ def search_without(held_out: Path, sets: list[Path], args) -> Path:
 
 
 def score_on(held_out: Path, loss: Path, args) -> dict:
-    """The searched loss and the baselines on ``held_out``'s test split: {method: f1/auc mean, sd}."""
+    """The searched loss and the baselines on ``held_out``'s test split: {method: f1/auc mean, sd}.
+
+    Kept beside the search (``transfer_score.json``, with the scoring options) so that a run
+    stopped after this set does not score it again; other options score it afresh."""
     argv = ["--train", str(held_out / "train.parquet"), "--test", str(held_out / "test.parquet"),
             "--loss", str(loss), "--methods", ",".join(BASELINES), "--seeds", str(args.seeds),
             "--first-seed", str(args.first_seed), "--epochs", str(args.epochs), "--labelling", args.labelling,
             "--val-size", str(args.val_size)]
-    return score_methods(argv)
+    kept = loss.parent / "transfer_score.json"
+    if kept.exists() and json.loads(kept.read_text())["argv"] == argv:
+        return json.loads(kept.read_text())["table"]
+    table = score_methods(argv)
+    write_json(kept, {"argv": argv, "table": table})
+    return table
 
 
 def row_for(held_out: Path, table: dict) -> dict:
@@ -64,14 +83,15 @@ def row_for(held_out: Path, table: dict) -> dict:
             "best_f1_sd": table[best]["f1_sd"], "gain": table[searched]["f1_mean"] - table[best]["f1_mean"]}
 
 
-def print_table(rows: list[dict]) -> None:
-    print("| held out | searched on the others: test F1 | best baseline: test F1 | searched - best |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['held_out']} | {r['f1']:.1f} ± {r['f1_sd']:.1f} | {r['best_f1']:.1f} ± {r['best_f1_sd']:.1f} "
-              f"({r['best_baseline']}) | {r['gain']:+.1f} |")
+def table_lines(rows: list[dict]) -> list[str]:
+    """The markdown table of ``rows`` and the mean gain under it."""
+    lines = ["| held out | searched on the others: test F1 | best baseline: test F1 | searched - best |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['held_out']} | {r['f1']:.1f} ± {r['f1_sd']:.1f} | {r['best_f1']:.1f} ± {r['best_f1_sd']:.1f} "
+              f"({r['best_baseline']}) | {r['gain']:+.1f} |" for r in rows]
     if rows:
-        print(f"mean gain over the held-out sets: {sum(r['gain'] for r in rows) / len(rows):+.2f} F1")
+        lines.append(f"mean gain over the held-out sets: {sum(r['gain'] for r in rows) / len(rows):+.2f} F1")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -91,10 +111,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sets = [Path(d) for d in args.data]
     if len(sets) < 3 or len({s.name for s in sets}) < len(sets):
         p.error("--data needs at least 3 folders with distinct names (each search needs 2 sets or more)")
-    rows = [row_for(h, score_on(h, search_without(h, sets, args), args)) for h in sets]
-    print_table(rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    rows = []
+    for held_out in sets:
+        rows.append(row_for(held_out, score_on(held_out, search_without(held_out, sets, args), args)))
+        print(f"transfer_loo: {len(rows)}/{len(sets)} held out {held_out.name}: " + table_lines(rows)[-2], flush=True)
+        if args.json:
+            write_json(Path(args.json), rows)
+    print("\n".join(table_lines(rows)))
     return rows
 
 

@@ -4,6 +4,8 @@ full size is an hour's measurement, see benchmarks/RESULTS.md)."""
 import importlib.util
 import json
 import math
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,6 +113,16 @@ def test_transfer_loo_searches_without_the_held_out_set_and_scores_on_it(tmp_pat
         assert r["best_baseline"] in ("naive", "upu", "nnpu", "vpu", "pan") and math.isfinite(r["f1"])
         assert r["gain"] == pytest.approx(r["f1"] - r["best_f1"])
     logs = {p: p.stat().st_mtime_ns for p in storage.rglob("evaluations.jsonl")}
-    assert len(logs) == 3
+    scores = {p: p.stat().st_mtime_ns for p in storage.rglob("transfer_score.json")}
+    assert len(logs) == 3 and len(scores) == 3
     assert run_while_progressing(argv, REPO, tmp_path / "again.log", 300, storage) == 0
     assert {p: p.stat().st_mtime_ns for p in storage.rglob("evaluations.jsonl")} == logs, "finished searches reused"
+    assert {p: p.stat().st_mtime_ns for p in storage.rglob("transfer_score.json")} == scores, "scorings reused"
+    assert "3/3 held out c" in (tmp_path / "again.log").read_text()
+    # another list of sets into the same storage: refused before any search, nothing rewritten
+    shutil.copytree(tmp_path / "c", tmp_path / "d")
+    other = [*argv[:3], *(str(tmp_path / n) for n in "abd"), *argv[6:]]
+    done = subprocess.run(other, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "searched on other sets" in done.stderr, done.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in storage.rglob("transfer_score.json")} == scores
+    assert not (storage / "loo-d").exists()

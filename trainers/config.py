@@ -140,7 +140,8 @@ class DPOConfig:
     cache_dir: str = opt("~/.cache/lossforge/states", "pair mode: the lower-layer state cache (shared by runs)")
     cache_dtype: str = opt("float16", "pair mode: how cached states are stored", choices=("float16", "float32"))
     quantize_lower: bool = opt(True, "pair mode: dynamic int8 for the frozen lower layers (cache and serving)")
-    bf16: bool = opt(True, "pair mode: bfloat16 autocast for the top layers on a CPU (training and serving)")
+    bf16: bool = opt(True, "pair mode: bfloat16 autocast for the top layers, training and serving, on a CPU "
+                           "with native bfloat16 (AVX-512 BF16 or AMX; float32 elsewhere)")
     swap: bool = opt(True, "pair mode: swap A/B of a random half of each epoch's pairs")
     cache_batch: int = opt(32, "pair mode: texts per caching batch", cli=False)
     checkpoint_minutes: float = opt(3.0, "pair mode: a checkpoint and a progress line this often while training")

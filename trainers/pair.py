@@ -24,6 +24,7 @@ from trainers.dpo import EpochHook, GradientSync, clone_state, diverged
 from trainers.metrics import preference_metrics
 from trainers.models.pair import (
     PairJudge,
+    cpu_runs_bf16,
     lower_key,
     lower_states,
     pad_windows,
@@ -66,7 +67,7 @@ def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel
     if cfg.quantize_lower:
         lower = quantize_lower(lower)
     torch.manual_seed(cfg.seed)
-    return PairModel(lower, PairJudge(top, backbone.config.hidden_size, bf16=cfg.bf16), tokenizer, key)
+    return PairModel(lower, PairJudge(top, backbone.config.hidden_size, bf16=cfg.bf16 and cpu_runs_bf16()), tokenizer, key)
 
 
 # -- the texts of a set of pairs -----------------------------------------------------------------------
