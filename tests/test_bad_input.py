@@ -35,10 +35,13 @@ def _jsonl(path: Path, rows) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _closed_port() -> socket.socket:
+    """A socket bound to a port and never listening: connecting is refused, and no other process
+    (a Ray cluster started by another test in the meantime) can take the port while it lives.
+    A port found free and released at fixture setup was taken by then in one CI run."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 def _not_ray_server() -> int:
@@ -249,7 +252,8 @@ def world(tmp_path_factory):
     _copy_model(scorers / "ok", scorers / "craftedhead")
     _crafted_state(scorers / "craftedhead" / "head.pt", root)
     return {"root": root, "bad": {k: str(v[0]) for k, v in bad.items()}, "bad_columns": {k: v[1] for k, v in bad.items()},
-            "port_closed": _free_port(), "port_404": _not_ray_server()}
+            "closed_socket": (closed := _closed_port()), "port_closed": closed.getsockname()[1],
+            "port_404": _not_ray_server()}
 
 
 # -- the corpus -----------------------------------------------------------------------------------------
