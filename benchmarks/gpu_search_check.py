@@ -3,10 +3,15 @@
   1. the CUDA path end to end: a search whose Train workers train on the GPU;
   2. 4 trials sharing one GPU (--gpus-per-worker 0.25), candidates/hour and GPU utilisation;
   3. (c) packed search against (b) one Train job per candidate, same candidates, as
-     benchmarks/search_throughput.py does on CPUs, with K >= 32.
+     benchmarks/search_throughput.py does on CPUs, with K >= 32;
+  4. (issue 20, item 5) the preference GPU recipe: ``train-dpo --mode cross``, MiniLM-L6 as a full
+     cross-encoder over [prompt] [SEP] [a] [SEP] [b] (512 tokens), one Ray Train worker on the
+     GPU, on the AlpacaEval pairs (``--pairs-dir``; the built-in synthetic pairs where absent),
+     then the test split scored from raw text: agreement beside both rules, pairs/s.
 
-    python3 benchmarks/gpu_search_check.py            # about 5 minutes on one H100
+    python3 benchmarks/gpu_search_check.py            # about 5 minutes on one H100 (+ the recipe)
     python3 benchmarks/gpu_search_check.py --quick    # about 2 minutes
+    python3 benchmarks/gpu_search_check.py --only cross --max-pairs 4000   # the recipe alone, a sample
 
 Exits 2 with a message where torch sees no CUDA device. Utilisation is sampled from nvidia-smi
 every 0.5 s while each search runs (median and mean over the run).
@@ -67,9 +72,44 @@ def search(name: str, storage: str, **options) -> dict:
     return {"seconds": summary["tuning_seconds"], "rate": rate, "ok": ok}
 
 
+def cross_recipe(args, storage: str) -> None:
+    """Part 4: the cross-encoder preference recipe on the GPU, as a user runs train-dpo."""
+    from search.jobs.train_dpo import run_train_dpo
+    from search.session.ray_session import Scaling
+    from trainers.config import DPOConfig
+    from trainers.embed import default_model_dir
+
+    pairs = Path(args.pairs_dir)
+    train, test = (str(pairs / "train.parquet"), str(pairs / "test.parquet")) if (pairs / "train.parquet").exists() \
+        else (None, None)
+    model = args.model or (str(default_model_dir()) if train else None)  # the built-in pairs go with the tiny model
+    cfg = DPOConfig(mode="cross", model=model, epochs=args.epochs, batch_size=32, lr=3e-5 if model else 1e-3,
+                    max_length=512 if model else 64, max_prompt_length=64 if model else 8, max_pairs=args.max_pairs,
+                    eval_batch_size=128)
+    print(f"cross recipe: {train or 'built-in synthetic pairs'}, model {model or 'built-in tiny'}", flush=True)
+    samples: list[float] = []
+    with every(0.5, lambda: sample_utilisation(samples), final=False):
+        m = run_train_dpo(cfg, train, test, str(Path(storage) / "cross"), Scaling(workers=1, cpus_per_worker=4,
+                          gpus_per_worker=1), log=lambda line: print(line, flush=True))
+    ray.shutdown()
+    last = m["history"][-1]
+    print(f"cross recipe: {m['seconds']:.0f} s, training {last.get('train_pairs_per_second', float('nan')):.0f} "
+          f"pairs/s, {utilisation_summary(samples)}", flush=True)
+    for key in ("test", "test_length_heuristic", "test_length_format_rule"):
+        if key in m and isinstance(m[key], dict):
+            print(f"  {key:<20} agreement {m[key].get('agreement', float('nan')):.3f}  length-controlled "
+                  f"{m[key].get('agreement_lc', float('nan')):.3f}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", choices=("search", "cross"), help="run one part (default: both)")
+    p.add_argument("--pairs-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/pairs/alpaca_eval"),
+                   help="cross recipe: a folder with train.parquet and test.parquet")
+    p.add_argument("--model", help="cross recipe: a local encoder folder (default: MiniLM-L6 from its package)")
+    p.add_argument("--max-pairs", type=int, help="cross recipe: train on a sample of this many pairs")
+    p.add_argument("--epochs", type=int, default=2, help="cross recipe: epochs")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs a GPU machine", file=sys.stderr)
@@ -77,6 +117,12 @@ def main() -> int:
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, ray {ray.__version__}", flush=True)
     budget, epochs, naive = (64, 5, 4) if args.quick else (256, 10, 8)
     storage = tempfile.mkdtemp(prefix="lossforge-gpu-")
+    if args.only == "cross":
+        try:
+            cross_recipe(args, storage)
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        return 0
     try:
         # 1 + 2: four trials share the GPU, packs of budget/4 (>= 32 candidates each).
         shared = search("4 trials x 0.25 GPU", storage, budget=budget, epochs=epochs, gpus_per_worker=0.25,
@@ -87,7 +133,13 @@ def main() -> int:
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     assert shared["ok"] == budget, "every candidate trained on the GPU"
-    print(f"ratio c/b={shared['rate'] / one['rate']:.1f} (target >= 20 with K >= 32)")
+    print(f"ratio c/b={shared['rate'] / one['rate']:.1f} (target >= 20 with K >= 32)", flush=True)
+    if args.only is None:
+        storage = tempfile.mkdtemp(prefix="lossforge-gpu-")
+        try:
+            cross_recipe(args, storage)
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
     return 0
 
 

@@ -9,12 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from search.cli import main
+from pairs_helpers import score_pairs_both_orders
+
 from trainers.config import DPOConfig
 from trainers.data.pairs import synthetic_pairs
 from trainers.data.state_cache import StateCache
@@ -52,7 +51,7 @@ def test_windows_and_truncation_counts():
     assert [len(w) for w in windows] == [1, 1, 2, 2, 2, 2]
     assert [len(x) for x in windows[2]] == [8, 3]  # [CLS] 6 tokens [SEP], [CLS] 1 token [SEP]
     assert all(x[0] == tokenizer.cls_token_id and x[-1] == tokenizer.sep_token_id for w in windows for x in w)
-    assert truncated_count(counts, 6, 2) == 2  # 13 and 25 tokens lose some; 12 fits exactly
+    assert truncated_count(counts, 6 * 2) == 2  # 13 and 25 tokens lose some; 12 fits exactly
 
 
 def test_split_encoder_matches_the_whole_model(tmp_path):
@@ -160,7 +159,7 @@ def test_caching_killed_midway_resumes_with_only_valid_entries(tmp_path):
     assert 200 <= written < len(texts), "the kill should land mid-way"
     stats = fill_cache(model, cache, texts, cfg)
     assert stats["rebuilt"] == 0 and stats["computed"] == len(texts) - written
-    data = PairTexts.build(pairs.take(np.arange(200)), model.tokenizer, cfg)
+    data = PairTexts.build(pairs.take(np.arange(200)), model.tokenizer, model.text_budget(cfg))
     np.testing.assert_allclose(pair_logits(model, cache, data, cfg, "cpu"), pair_logits(model, None, data, cfg, "cpu"),
                                atol=1e-5, rtol=1e-5)
 
@@ -211,19 +210,11 @@ def test_trained_pair_scorer_learns_and_score_pairs_swaps_exactly(tmp_path, caps
     assert isinstance(scorer, PairScorer)
 
     test = synthetic_pairs(200, seed=99)
-    pq.write_table(test.to_table(), tmp_path / "test.parquet")
-    swapped = test.to_table().rename_columns(["prompt", "output_b", "output_a", "label"])
-    swapped = pa.table({"prompt": swapped["prompt"], "output_a": swapped["output_a"], "output_b": swapped["output_b"]})
-    pq.write_table(swapped, tmp_path / "swapped.parquet")
-    for name in ("test", "swapped"):
-        assert main(["score-pairs", "--model", str(tmp_path / "scorer"), "--data", str(tmp_path / f"{name}.parquet"),
-                     "--out", str(tmp_path / f"{name}_scored.parquet")]) == 0
-    p = pq.read_table(tmp_path / "test_scored.parquet")["p_a_model"].to_numpy()
-    q = pq.read_table(tmp_path / "swapped_scored.parquet")["p_a_model"].to_numpy()
+    p, q = score_pairs_both_orders(tmp_path / "scorer", test, tmp_path)
     assert np.array_equal(q, 1.0 - p)
     assert "agreement with the labels" in capsys.readouterr().out
     # Serving from raw text agrees with the training-side (cached) scores.
-    data = PairTexts.build(test, prep.model.tokenizer, cfg)
+    data = PairTexts.build(test, prep.model.tokenizer, prep.model.text_budget(cfg))
     prep.model.judge.load_state_dict(run.best_state)
     np.testing.assert_allclose(prob_from_logit(pair_logits(prep.model, prep.cache, data, cfg, "cpu")), p, atol=2e-2)
     assert scorer.rank(test.prompt[0], [test.a[0], test.b[0]]) == ([0, 1] if p[0] >= 0.5 else [1, 0])

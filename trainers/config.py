@@ -19,7 +19,7 @@ DEFAULT_FITNESS = "pu_auc"  # a single training run's epoch selection (train-pu,
 # benchmarks/proxy_validity.py on the three dev sets (rho 0.85/0.85/0.89 against pu_auc's 0.82/0.86/0.85,
 # and it ranks the top half of the losses better on all three).
 SEARCH_DEFAULT_FITNESS = "pu_pauc"
-PREFERENCE_MODES = ("encoder", "causal", "pair")
+PREFERENCE_MODES = ("encoder", "causal", "pair", "cross")
 LABELLINGS = ("scar", "sar-group", "sar-score")  # benchmark mode: how labelled positives are drawn
 VAL_METRICS = ("auc", "f1")  # what a labelled validation set (--val, --val-size) measures
 # With a labelled validation set: the member metric it drives. F1 at the run's threshold ranked the top half
@@ -112,7 +112,9 @@ class PUConfig:
 @dataclass
 class DPOConfig:
     mode: str = opt("encoder", "encoder: a scalar head on a mean-pooled encoder; causal: log pi(y|x) of a causal LM; "
-                    "pair: top layers over cached lower-layer states and a head reading both answers", choices=PREFERENCE_MODES)
+                    "pair: top layers over cached lower-layer states and a head reading both answers; cross: a full "
+                    "cross-encoder over [prompt] [SEP] [a] [SEP] [b], every layer trained (the GPU recipe)",
+                    choices=PREFERENCE_MODES)
     model: str | None = opt(None, "local Hugging Face model folder (default: a tiny built-in model)")
     loss: str = opt("dpo", "dpo|soft|robust|ipo|hinge|bt or a preference Taylor .json")
     # None: 0.1 in causal mode (the DPO paper's), 1.0 in encoder mode, where the reference scores
@@ -122,9 +124,9 @@ class DPOConfig:
     batch_size: int = opt(16, "pairs per step")
     # None: 1e-3 for the built-in tiny model (random weights), 3e-5 for a pretrained --model.
     lr: float | None = opt(None, "default 1e-3 for the built-in model, 3e-5 for --model")
-    head_lr: float = opt(1e-3, "encoder mode: the zero-initialised head's learning rate")
+    head_lr: float = opt(1e-3, "the newly initialised head's learning rate (encoder, pair and cross modes)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
-    max_length: int = opt(128, "tokens per prompt+response; longer ones are truncated")
+    max_length: int = opt(128, "tokens per prompt+response (cross mode: prompt+both answers); longer ones are truncated")
     max_prompt_length: int = opt(48, "the prompt keeps its last tokens")
     max_pairs: int | None = opt(None, "train on a seeded sample of at most this many pairs")
     val_frac: float = opt(0.1, "share of prompts held out for validation")

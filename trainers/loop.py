@@ -320,12 +320,13 @@ def dpo_worker_loop(config: dict) -> None:
 
 
 def pair_worker_loop(config: dict) -> None:
-    """``lossforge train-dpo --mode pair``. Caching progress is reported without a checkpoint (the
+    """``lossforge train-dpo --mode pair`` (and ``cross``, a judge without a cache). Caching progress is reported without a checkpoint (the
     cache on disk is its own resume point); training reports a checkpoint every
     ``checkpoint_minutes`` and at each epoch's end, so a killed run resumes mid-epoch.
     Config: {"dpo": DPOConfig, "train": path | None}."""
     from dataclasses import replace
 
+    from trainers.judges import JUDGES
     from trainers.losses.preference import resolve_preference_loss
     from trainers.pair import PairRun, prepare_pair, run_pair_epochs
 
@@ -333,7 +334,8 @@ def pair_worker_loop(config: dict) -> None:
     rank, world, device = worker_context()
     cfg = replace(config["dpo"], device=str(device))
     prep = prepare_pair(cfg, load_pairs(config["train"], cfg.seed), device,
-                        progress=lambda line: report({**line, "resumed_from_epoch": 0}, rank, None))
+                        progress=lambda line: report({**line, "resumed_from_epoch": 0}, rank, None),
+                        build=JUDGES[cfg.mode].build)
     run = PairRun.start(prep.model.judge, cfg)
     state = restore()
     if state is not None:
@@ -362,10 +364,11 @@ def preference_candidates(cfg, pairs, device):
     pair mode the search's driver has filled the cache (``PreferenceTask.before_search``); texts
     missing from it are computed here."""
     from trainers.dpo import DPOCandidates
+    from trainers.judges import JUDGES
     from trainers.pair import PairCandidates
 
-    if cfg.mode == "pair":
-        return PairCandidates.prepare(cfg, pairs, device)
+    if cfg.mode in JUDGES:
+        return PairCandidates.prepare(cfg, pairs, device, JUDGES[cfg.mode].build)
     return DPOCandidates.prepare(cfg, pairs, device)
 
 

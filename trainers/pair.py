@@ -43,20 +43,64 @@ Progress = Callable[[dict], None]
 # -- model -----------------------------------------------------------------------------------------
 
 
-def load_full_backbone(cfg: DPOConfig):
-    """(encoder, tokenizer): the built-in tiny BERT (weights from the seed) or ``--model``."""
+def load_full_backbone(cfg: DPOConfig, positions: int | None = None):
+    """(encoder, tokenizer): the built-in tiny BERT (weights from the seed; ``positions`` long,
+    a window by default) or ``--model``."""
     if cfg.model is None:
         tokenizer = word_tokenizer(synthetic_vocabulary())
-        return tiny_backbone("encoder", len(tokenizer), seed=cfg.seed, max_positions=cfg.window + 2), tokenizer
+        positions = max(positions or cfg.window + 2, 64)
+        return tiny_backbone("encoder", len(tokenizer), seed=cfg.seed, max_positions=positions), tokenizer
     return load_backbone(cfg.model, "encoder")
 
 
 @dataclass
 class PairModel:
+    """A judge that reads both answers, as the pair-run code below drives it (cross mode's
+    :class:`trainers.cross.CrossModel` is the other): ``judge`` (the trained module, its
+    fine-tuned encoder layers named ``top``), ``tokenizer``, and the methods below."""
+
     lower: torch.nn.Module  # frozen, maybe int8
     judge: PairJudge  # trained
     tokenizer: object
     cache_key: str
+
+    def text_budget(self, cfg: DPOConfig) -> int:
+        """Tokens an answer keeps; longer ones are truncated (and counted)."""
+        return cfg.window * cfg.max_windows
+
+    def prepare_cache(self, cfg: DPOConfig, texts: list[str], progress: Progress | None = None):
+        """(the cache, its statistics): every text's lower-layer states computed once."""
+        cache = open_cache(cfg, self)
+        return cache, fill_cache(self, cache, texts, cfg, progress)
+
+    def batch_logits(self, cache: StateCache | None, data: "PairTexts", index: torch.Tensor, ia: torch.Tensor,
+                     ib: torch.Tensor, cfg: DPOConfig, device) -> torch.Tensor:
+        """Logits of pairs (ia[i], ib[i]) of ``data`` (``index``: the pairs, unused here: the
+        prompt is not read): each distinct text of the batch encoded once."""
+        used, inverse = torch.unique(torch.cat([ia, ib]), return_inverse=True)
+        texts = [data.texts[i] for i in used.tolist()]
+        if cache is None:
+            h = encode_raw(self, texts, cfg, device)
+        else:
+            states, lengths, owner = load_states(self, cache, texts, cfg, device)
+            h = self.judge.encode(states, lengths, owner, len(texts))
+        features = data.features.to(device)
+        n = len(ia)
+        return self.judge.logit(h[inverse[:n]], h[inverse[n:]], features[ia], features[ib])
+
+    def all_logits(self, cache: StateCache | None, data: "PairTexts", cfg: DPOConfig, device) -> torch.Tensor:
+        """Every pair of ``data``: texts encoded once each (from the cache, or from raw text
+        without one), then the head over all pairs."""
+        h = []
+        for start in range(0, len(data.texts), cfg.eval_batch_size):
+            texts = data.texts[start:start + cfg.eval_batch_size]
+            if cache is None:
+                h.append(encode_raw(self, texts, cfg, device))
+            else:
+                h.append(self.judge.encode(*load_states(self, cache, texts, cfg, device), len(texts)))
+        h = torch.cat(h)
+        features = data.features.to(device)
+        return self.judge.logit(h[data.a], h[data.b], features[data.a], features[data.b])
 
 
 def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel:
@@ -78,6 +122,7 @@ class PairTexts:
     """Pairs as indices into a table of distinct texts, with each text's side features."""
 
     texts: list[str]
+    prompts: list[str]  # [N] each pair's prompt
     a: torch.Tensor  # [N] index of answer a
     b: torch.Tensor
     p: torch.Tensor  # [N] P(a better)
@@ -89,13 +134,15 @@ class PairTexts:
         return len(self.p)
 
     @classmethod
-    def build(cls, pairs: PreferencePairs, tokenizer, cfg: DPOConfig) -> "PairTexts":
+    def build(cls, pairs: PreferencePairs, tokenizer, budget: int) -> "PairTexts":
+        """``budget``: the tokens an answer keeps (the judge's ``text_budget``), to count truncations."""
         texts = sorted(set(pairs.a) | set(pairs.b))  # sorted: the same set gives the same order
         where = {t: i for i, t in enumerate(texts)}
         counts = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]], dtype=np.int64)
-        return cls(texts, torch.tensor([where[t] for t in pairs.a]), torch.tensor([where[t] for t in pairs.b]),
-                   torch.as_tensor(pairs.p, dtype=torch.float32), pairs.length_controlled(),
-                   torch.as_tensor(side_features(texts, counts)), truncated_count(counts, cfg.window, cfg.max_windows))
+        return cls(texts, list(pairs.prompt), torch.tensor([where[t] for t in pairs.a]),
+                   torch.tensor([where[t] for t in pairs.b]), torch.as_tensor(pairs.p, dtype=torch.float32),
+                   pairs.length_controlled(), torch.as_tensor(side_features(texts, counts)),
+                   truncated_count(counts, budget))
 
 
 # -- the cache ---------------------------------------------------------------------------------------
@@ -175,21 +222,6 @@ def stack_windows(parts, device):
 # -- training ------------------------------------------------------------------------------------------
 
 
-def batch_logits(model: PairModel, cache: StateCache | None, data: PairTexts, ia: torch.Tensor, ib: torch.Tensor,
-                 cfg: DPOConfig, device) -> torch.Tensor:
-    """Logits of pairs (ia[i], ib[i]) of ``data``: each distinct text of the batch encoded once."""
-    used, inverse = torch.unique(torch.cat([ia, ib]), return_inverse=True)
-    texts = [data.texts[i] for i in used.tolist()]
-    if cache is None:
-        h = encode_raw(model, texts, cfg, device)
-    else:
-        states, lengths, owner = load_states(model, cache, texts, cfg, device)
-        h = model.judge.encode(states, lengths, owner, len(texts))
-    features = data.features.to(device)
-    n = len(ia)
-    return model.judge.logit(h[inverse[:n]], h[inverse[n:]], features[ia], features[ib])
-
-
 @dataclass
 class PairRun:
     """What a checkpoint holds: weights, optimiser, the shuffle of the current epoch and the step
@@ -264,7 +296,7 @@ def train_pair_epoch(run: PairRun, model: PairModel, cache: StateCache, data: Pa
         ia, ib = torch.where(flip, data.b[index], data.a[index]), torch.where(flip, data.a[index], data.b[index])
         p = torch.where(flip, 1 - data.p[index], data.p[index]).to(device)
         torch.manual_seed(cfg.seed * 1_000_003 + run.epoch * 100_003 + run.step)  # dropout: same after a resume
-        z = batch_logits(model, cache, data, ia, ib, cfg, device)
+        z = model.batch_logits(cache, data, index, ia, ib, cfg, device)
         value = pair_loss(loss, z, zeros[:len(z)], zeros[:len(z)], zeros[:len(z)], p, cfg)
         run.optimizer.zero_grad(set_to_none=False)
         value.backward()
@@ -295,20 +327,10 @@ def train_pair_epoch(run: PairRun, model: PairModel, cache: StateCache, data: Pa
 
 @torch.no_grad()
 def pair_logits(model: PairModel, cache: StateCache | None, data: PairTexts, cfg: DPOConfig, device) -> np.ndarray:
-    """Logits of every pair of ``data`` in eval mode: texts encoded once each (from the cache,
-    or from raw text without one), then the head over all pairs."""
+    """Logits of every pair of ``data``, in eval mode."""
     was_training = model.judge.training
     model.judge.eval()
-    h = []
-    for start in range(0, len(data.texts), cfg.eval_batch_size):
-        texts = data.texts[start:start + cfg.eval_batch_size]
-        if cache is None:
-            h.append(encode_raw(model, texts, cfg, device))
-        else:
-            h.append(model.judge.encode(*load_states(model, cache, texts, cfg, device), len(texts)))
-    h = torch.cat(h)
-    features = data.features.to(device)
-    z = model.judge.logit(h[data.a], h[data.b], features[data.a], features[data.b])
+    z = model.all_logits(cache, data, cfg, device)
     model.judge.train(was_training)
     return z.double().cpu().numpy()
 
@@ -342,17 +364,19 @@ class PairPrepared:
     cache_stats: dict
 
 
-def prepare_pair(cfg: DPOConfig, pairs: PreferencePairs, device, progress: Progress | None = None) -> PairPrepared:
-    """Sample (``max_pairs``), split by prompt, build the model, fill the cache for both splits."""
+def prepare_pair(cfg: DPOConfig, pairs: PreferencePairs, device, progress: Progress | None = None,
+                 build: Callable[[DPOConfig], PairModel] | None = None) -> PairPrepared:
+    """Sample (``max_pairs``), split by prompt, build the judge (pair mode's, or ``build``'s:
+    ``trainers.judges``), fill its cache for both splits."""
     if cfg.max_pairs is not None and len(pairs) > cfg.max_pairs:
         pairs = pairs.take(np.sort(np.random.default_rng(cfg.seed).choice(len(pairs), cfg.max_pairs, replace=False)))
     train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_frac, cfg.seed)
-    model = build_pair_model(cfg)
+    model = (build or build_pair_model)(cfg)
     model.judge.to(device)
-    train, val = PairTexts.build(train_pairs, model.tokenizer, cfg), PairTexts.build(val_pairs, model.tokenizer, cfg)
+    budget = model.text_budget(cfg)
+    train, val = PairTexts.build(train_pairs, model.tokenizer, budget), PairTexts.build(val_pairs, model.tokenizer, budget)
     model.judge.set_side_scale(train.features.numpy())
-    cache = open_cache(cfg, model)
-    stats = fill_cache(model, cache, sorted(set(train.texts) | set(val.texts)), cfg, progress)
+    cache, stats = model.prepare_cache(cfg, sorted(set(train.texts) | set(val.texts)), progress)
     return PairPrepared(model, cache, train, val, stats)
 
 
@@ -392,8 +416,8 @@ class PairCandidates:
     initial: dict
 
     @classmethod
-    def prepare(cls, cfg: DPOConfig, pairs: PreferencePairs, device) -> "PairCandidates":
-        prep = prepare_pair(cfg, pairs, device)
+    def prepare(cls, cfg: DPOConfig, pairs: PreferencePairs, device, build=None) -> "PairCandidates":
+        prep = prepare_pair(cfg, pairs, device, build=build)
         return cls(prep, cfg, torch.device(device), clone_state(prep.model.judge))
 
     def train(self, loss, shard: tuple[int, int] = (0, 1), sync: GradientSync | None = None,
@@ -409,7 +433,7 @@ class PairCandidates:
         if run.diverged:
             return {}
         self.prep.model.judge.load_state_dict(run.best_state)
-        data = PairTexts.build(test, self.prep.model.tokenizer, self.cfg)
+        data = PairTexts.build(test, self.prep.model.tokenizer, self.prep.model.text_budget(self.cfg))
         return evaluate_pairs(self.prep.model, None, data, self.cfg, self.device)
 
 
@@ -418,11 +442,23 @@ class PairCandidates:
 JUDGE_FILE = "pair_judge.pt"
 
 
-def save_pair_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta: dict) -> None:
-    """The whole encoder in Hugging Face format (the original lower layers, the fine-tuned top
-    ones), the judge's head and side-feature scale, and ``scorer.json``."""
-    from trainers.models.preference import quiet_transformers
+def save_judge_scorer(folder: str | Path, backbone, tokenizer, best_state: dict, meta: dict) -> None:
+    """A judge's scorer folder: ``backbone`` (the whole encoder, fine-tuned layers loaded) in
+    Hugging Face format, the rest of the judge's state, and ``scorer.json``."""
     from trainers.files import write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    torch.save({k: v for k, v in best_state.items() if not k.startswith("top.")}, folder / JUDGE_FILE)
+    write_json(folder / "scorer.json", meta)
+
+
+def save_pair_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta: dict) -> None:
+    """The whole encoder (the original lower layers, the fine-tuned top ones), the judge's head
+    and side-feature scale, and ``scorer.json``."""
+    from trainers.models.preference import quiet_transformers
 
     quiet_transformers()
     backbone, tokenizer = load_full_backbone(cfg)
@@ -430,32 +466,33 @@ def save_pair_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta:
     cut = len(layers) - cfg.top_layers
     top_state = {k[len("top."):]: v for k, v in best_state.items() if k.startswith("top.")}
     torch.nn.ModuleList(list(layers)[cut:]).load_state_dict(top_state)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    backbone.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    torch.save({k: v for k, v in best_state.items() if not k.startswith("top.")}, folder / JUDGE_FILE)
-    write_json(folder / "scorer.json", {**meta, "mode": "pair", "top_layers": cfg.top_layers, "window": cfg.window,
-                                        "max_windows": cfg.max_windows, "quantize_lower": cfg.quantize_lower, "bf16": cfg.bf16,
-                                        "max_length": cfg.window * cfg.max_windows, "max_prompt_length": 0})
+    save_judge_scorer(folder, backbone, tokenizer, best_state,
+                      {**meta, "mode": "pair", "top_layers": cfg.top_layers, "window": cfg.window,
+                       "max_windows": cfg.max_windows, "quantize_lower": cfg.quantize_lower, "bf16": cfg.bf16,
+                       "max_length": cfg.window * cfg.max_windows, "max_prompt_length": 0})
+
+
+def load_judge_head(judge: torch.nn.Module, folder: Path) -> None:
+    """The saved head (and side-feature scale) into ``judge``, whose ``top`` came with the encoder."""
+    from trainers.errors import DataError
+
+    try:
+        head = torch.load(folder / JUDGE_FILE, map_location="cpu")
+        judge.load_state_dict({**{f"top.{k}": v for k, v in judge.top.state_dict().items()}, **head})
+    except (OSError, RuntimeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(folder / JUDGE_FILE, f"cannot load the judge's head (damaged or not a torch file): {first}") from None
+    judge.eval()
 
 
 def load_pair_model(folder: str | Path, meta: dict) -> tuple[PairModel, DPOConfig]:
-    from trainers.errors import DataError
-
     folder = Path(folder)
     cfg = DPOConfig(mode="pair", model=str(folder), top_layers=int(meta["top_layers"]), window=int(meta["window"]),
                     max_windows=int(meta["max_windows"]), quantize_lower=bool(meta["quantize_lower"]),
                     bf16=bool(meta.get("bf16", False)))
     backbone, tokenizer = load_backbone(folder, "encoder")
     model = build_pair_model(cfg, backbone, tokenizer)
-    try:
-        head = torch.load(folder / JUDGE_FILE, map_location="cpu")
-        model.judge.load_state_dict({**{f"top.{k}": v for k, v in model.judge.top.state_dict().items()}, **head})
-    except (OSError, RuntimeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(folder / JUDGE_FILE, f"cannot load the pair judge (damaged or not a torch file): {first}") from None
-    model.judge.eval()
+    load_judge_head(model.judge, folder)
     return model, cfg
 
 

@@ -32,9 +32,11 @@ class PreferenceScorer:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64):
-        """The scorer in ``folder``: this class, or a :class:`PairScorer` for a pair-mode one."""
-        if pair_mode(folder):
-            return PairScorer.load(folder, device, batch_size)
+        """The scorer in ``folder``: this class, or a :class:`PairScorer` (:class:`CrossScorer`) for
+        a pair-mode (cross-mode) one."""
+        judge = JUDGE_SCORERS.get(judge_mode(folder))
+        if judge is not None:
+            return judge.load(folder, device, batch_size)
         model, tokenizer, meta = load_scoring_model(folder)
         reference = None
         if meta["mode"] == "causal" and meta.get("uses_reference", True):
@@ -78,14 +80,15 @@ class PreferenceScorer:
         return prob, len(pairs) / max(time.perf_counter() - started, 1e-9)
 
 
-def pair_mode(folder: str | Path) -> bool:
+def judge_mode(folder: str | Path) -> str | None:
+    """The ``mode`` in a scorer folder's ``scorer.json`` (None without one)."""
     from trainers.files import read_json
 
     path = Path(folder) / "scorer.json"
     if not path.is_file():
-        return False
+        return None
     meta = read_json(path, "scorer description")
-    return isinstance(meta, dict) and meta.get("mode") == "pair"
+    return meta.get("mode") if isinstance(meta, dict) else None
 
 
 class PairScorer:
@@ -105,11 +108,16 @@ class PairScorer:
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64) -> "PairScorer":
         from trainers.files import read_json
-        from trainers.pair import load_pair_model
 
         meta = read_json(Path(folder) / "scorer.json", "scorer description")
-        model, cfg = load_pair_model(folder, meta)
+        model, cfg = cls.load_model(folder, meta)
         return cls(model, cfg, meta, device, batch_size)
+
+    @staticmethod
+    def load_model(folder: str | Path, meta: dict):
+        from trainers.pair import load_pair_model
+
+        return load_pair_model(folder, meta)
 
     @torch.no_grad()
     def answer_states(self, texts: list[str]) -> torch.Tensor:
@@ -126,17 +134,27 @@ class PairScorer:
             self._h.clear()
         return torch.stack([self._h[t] for t in texts]) if texts else torch.zeros(0)
 
-    @torch.no_grad()
-    def prob_a_better(self, prompts: list[str], outputs_a: list[str], outputs_b: list[str]) -> np.ndarray:
-        from trainers.models.pair import prob_from_logit, side_features
+    def side_features(self, texts: list[str]) -> torch.Tensor:
+        """The judge's side features of ``texts`` (lengths counted before any truncation)."""
+        from trainers.models.pair import side_features
 
+        counts = [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+        return torch.as_tensor(side_features(texts, np.array(counts, dtype=np.int64))).to(self.device)
+
+    @staticmethod
+    def check_lengths(prompts, outputs_a, outputs_b) -> None:
         if not (len(prompts) == len(outputs_a) == len(outputs_b)):
             raise ValueError(f"{len(prompts)} prompts, {len(outputs_a)} a answers, {len(outputs_b)} b answers")
+
+    @torch.no_grad()
+    def prob_a_better(self, prompts: list[str], outputs_a: list[str], outputs_b: list[str]) -> np.ndarray:
+        from trainers.models.pair import prob_from_logit
+
+        self.check_lengths(prompts, outputs_a, outputs_b)
         if not outputs_a:
             return np.zeros(0)
         h = self.answer_states(list(outputs_a) + list(outputs_b))
-        counts = [len(ids) for ids in self.model.tokenizer(list(outputs_a) + list(outputs_b), add_special_tokens=False, verbose=False)["input_ids"]]
-        features = torch.as_tensor(side_features(list(outputs_a) + list(outputs_b), np.array(counts))).to(self.device)
+        features = self.side_features(list(outputs_a) + list(outputs_b))
         n = len(outputs_a)
         logit = self.model.judge.logit(h[:n].to(self.device), h[n:].to(self.device), features[:n], features[n:])
         return prob_from_logit(logit.double().cpu().numpy())
@@ -155,3 +173,30 @@ class PairScorer:
         started = time.perf_counter()
         prob = self.prob_a_better(pairs.prompt, pairs.a, pairs.b)
         return prob, len(pairs) / max(time.perf_counter() - started, 1e-9)
+
+
+class CrossScorer(PairScorer):
+    """A cross-mode scorer: the prompt and both answers through the whole encoder, in both orders
+    (so P(b better than a) is exactly 1 - P(a better than b)); nothing is shared across pairs."""
+
+    @staticmethod
+    def load_model(folder: str | Path, meta: dict):
+        from trainers.cross import load_cross_model
+
+        return load_cross_model(folder, meta)
+
+    @torch.no_grad()
+    def prob_a_better(self, prompts: list[str], outputs_a: list[str], outputs_b: list[str]) -> np.ndarray:
+        from trainers.models.pair import prob_from_logit
+
+        self.check_lengths(prompts, outputs_a, outputs_b)
+        features = self.side_features(list(outputs_a) + list(outputs_b))
+        n, logits = len(outputs_a), []
+        for start in range(0, n, self.batch_size):
+            part = slice(start, min(start + self.batch_size, n))
+            logits.append(self.model.logits(list(prompts[part]), list(outputs_a[part]), list(outputs_b[part]),
+                                            features[:n][part], features[n:][part], self.cfg, self.device).double().cpu())
+        return prob_from_logit(torch.cat(logits).numpy()) if logits else np.zeros(0)
+
+
+JUDGE_SCORERS = {"pair": PairScorer, "cross": CrossScorer}

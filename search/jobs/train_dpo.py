@@ -86,20 +86,22 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
 
 
 def worker_loop(mode: str):
-    """The Ray Train loop of a preference mode: pair mode caches and checkpoints inside epochs."""
+    """The Ray Train loop of a preference mode: the judges that read both answers (pair mode caches)
+    checkpoint inside epochs."""
+    from trainers.judges import JUDGES
     from trainers.loop import dpo_worker_loop, pair_worker_loop
 
-    return pair_worker_loop if mode == "pair" else dpo_worker_loop
+    return pair_worker_loop if mode in JUDGES else dpo_worker_loop
 
 
 def save_trained_scorer(folder: Path, cfg: DPOConfig, best_state: dict) -> None:
     from trainers.dpo import reward_scale
-    from trainers.pair import save_pair_scorer
+    from trainers.judges import JUDGES
 
-    if cfg.mode != "pair":
+    if cfg.mode not in JUDGES:
         save_scorer(folder, cfg, best_state, cfg.loss)
         return
-    save_pair_scorer(folder, cfg, best_state, {"format_version": 1, "loss": cfg.loss, "beta": cfg.effective_beta,
+    JUDGES[cfg.mode].save(folder, cfg, best_state, {"format_version": 1, "loss": cfg.loss, "beta": cfg.effective_beta,
                                                "reward_scale": reward_scale(cfg.loss, cfg.effective_beta),
                                                "base_model": cfg.model or "builtin-tiny"})
 

@@ -20,7 +20,7 @@ Log = Callable[[str], None]
 @dataclass
 class PreferenceSearchOptions:
     mode: str = opt("encoder", "the model kind (pair: the top layers over cached lower-layer states, a head over "
-                    "both answers; train-dpo --mode pair's recipe)", choices=PREFERENCE_MODES)
+                    "both answers; train-dpo --mode pair's recipe; cross: a full cross-encoder, for GPUs)", choices=PREFERENCE_MODES)
     model: str | None = opt(None, "local Hugging Face model folder (default: the built-in tiny model)")
     lr: float | None = opt(None, "learning rate (default: 1e-3 for the built-in model, 3e-5 for --model)")
     top_layers: int = opt(DPOConfig.top_layers, "--mode pair: layers fine-tuned over the cached states of the ones below")

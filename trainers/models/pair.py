@@ -41,8 +41,9 @@ def text_windows(tokenizer, texts: list[str], window: int, max_windows: int) -> 
     return out, np.array([len(t) for t in ids], dtype=np.int64)
 
 
-def truncated_count(token_counts: np.ndarray, window: int, max_windows: int) -> int:
-    return int((token_counts > window * max_windows).sum())
+def truncated_count(token_counts: np.ndarray, budget: int) -> int:
+    """How many texts are longer than the ``budget`` tokens a judge reads of an answer."""
+    return int((token_counts > budget).sum())
 
 
 def side_features(texts: list[str], token_counts: np.ndarray) -> np.ndarray:

@@ -90,8 +90,13 @@ def check_preference_model(cfg) -> None:
     if cfg.model is None:
         layers = range(TINY_LAYERS)
     else:
-        backbone, _ = load_backbone(cfg.model, "encoder" if cfg.mode == "pair" else cfg.mode)
+        backbone, _ = load_backbone(cfg.model, "causal" if cfg.mode == "causal" else "encoder")
         layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+        positions = getattr(backbone.config, "max_position_embeddings", None)
+        if cfg.mode == "cross" and positions is not None and cfg.max_length > positions:
+            raise UsageError(f"--max-length {cfg.max_length}: the model reads at most {positions} tokens")
+    if cfg.mode == "cross" and layers is None:
+        raise UsageError("--mode cross needs a BERT-style encoder (token types, encoder.layer); this model is not one")
     if cfg.mode == "pair" and (layers is None or cfg.top_layers > len(layers)):
         raise UsageError(f"--top-layers {cfg.top_layers}: the {'built-in model' if cfg.model is None else 'model'} has "
                          f"{'no BERT-style' if layers is None else len(layers)} encoder layers")
