@@ -225,7 +225,7 @@ def add_score_pairs(sub) -> None:
     p.add_argument("--out", required=True, help="Parquet or JSONL: the input's columns plus p_a_model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...; auto (default): the GPU if torch sees one")
     p.set_defaults(run=run_score_pairs)
 
 

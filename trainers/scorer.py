@@ -24,6 +24,13 @@ from trainers.models.preference import (
 )
 
 
+def serving_device(device: str) -> str:
+    """``auto``: the GPU where torch sees one (a cross-mode scorer is slow on CPUs), else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 class PreferenceScorer:
     def __init__(self, model, tokenizer, meta: dict, reference=None, device: str = "cpu", batch_size: int = 64):
         self.model, self.tokenizer, self.meta = model.to(device).eval(), tokenizer, meta
@@ -31,9 +38,10 @@ class PreferenceScorer:
         self.device, self.batch_size = torch.device(device), batch_size
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64):
+    def load(cls, folder: str | Path, device: str = "auto", batch_size: int = 64):
         """The scorer in ``folder``: this class, or a :class:`PairScorer` (:class:`CrossScorer`) for
-        a pair-mode (cross-mode) one."""
+        a pair-mode (cross-mode) one, on ``device`` (``auto``: see :func:`serving_device`)."""
+        device = serving_device(device)
         judge = JUDGE_SCORERS.get(judge_mode(folder))
         if judge is not None:
             return judge.load(folder, device, batch_size)
@@ -106,9 +114,10 @@ class PairScorer:
         self._h: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 64) -> "PairScorer":
+    def load(cls, folder: str | Path, device: str = "auto", batch_size: int = 64) -> "PairScorer":
         from trainers.files import read_json
 
+        device = serving_device(device)
         meta = read_json(Path(folder) / "scorer.json", "scorer description")
         model, cfg = cls.load_model(folder, meta)
         return cls(model, cfg, meta, device, batch_size)

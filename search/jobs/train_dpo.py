@@ -164,7 +164,7 @@ def test_metrics(scorer: Path, test_pairs: PreferencePairs, log, train_pairs: Pr
     return out
 
 
-def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 64, device: str = "cpu",
+def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 64, device: str = "auto",
                      overwrite: bool = False) -> dict:
     """Write ``data``'s rows plus ``p_a_model`` = P(a better) to ``out`` (Parquet or JSONL);
     with labels in ``data``, also the agreement. Nothing is written when anything fails."""
