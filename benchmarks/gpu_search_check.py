@@ -94,8 +94,8 @@ def cross_recipe(args, storage: str) -> None:
     from trainers.embed import default_model_dir
 
     pairs = Path(args.pairs_dir)
-    train, test = (str(pairs / "train.parquet"), str(pairs / "test.parquet")) if (pairs / "train.parquet").exists() \
-        else (None, None)
+    found = not args.smoke and (pairs / "train.parquet").exists()  # --smoke: the built-in pairs and tiny model
+    train, test = (str(pairs / "train.parquet"), str(pairs / "test.parquet")) if found else (None, None)
     model = args.model or (str(default_model_dir()) if train else None)  # the built-in pairs go with the tiny model
     cfg = DPOConfig(mode="cross", model=model, epochs=1 if args.smoke else args.epochs, batch_size=32, lr=3e-5 if model else 1e-3,
                     max_length=512 if model else 64, max_prompt_length=64 if model else 8, max_pairs=args.max_pairs,
@@ -137,8 +137,6 @@ def main() -> int:
     print(f"device: {device}, torch {torch.__version__}, ray {ray.__version__}", flush=True)
     # --smoke: 2 trials, not 4, so that a 2-CPU machine runs it in a couple of minutes.
     budget, epochs, naive, trials = (4, 1, 2, 2) if args.smoke else (64, 5, 4, 4) if args.quick else (256, 10, 8, 4)
-    if args.smoke:
-        args.pairs_dir = "."  # the built-in pairs and tiny model
     storage = tempfile.mkdtemp(prefix="lossforge-gpu-")
     if args.only == "cross":
         try:
