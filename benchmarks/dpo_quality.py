@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="pair mode (default: the recipe's)")
     ap.add_argument("--run-dir", default="pair_quality_run", help="pair mode: the train-dpo --out folder")
     ap.add_argument("--seeds", type=int, default=0, help="pair mode: compare --losses over this many seeds")
+    ap.add_argument("--pair-lr", type=float, default=None, help="with --seeds (default: train-dpo's, as a search uses)")
+    ap.add_argument("--pair-batch-size", type=int, default=None, help="with --seeds (default: train-dpo's)")
     args = ap.parse_args()
     if args.mode == "pair":
         pair_losses(args) if args.seeds else pair_recipe(args)
@@ -133,8 +135,9 @@ def pair_losses(args) -> None:
     rows: dict[str, list[dict]] = {name: [] for name in losses}
     for seed in range(args.seed, args.seed + args.seeds):
         model_dir = None if args.model == "builtin" else args.model or str(default_model_dir())
-        cfg = DPOConfig(mode="pair", model=model_dir, epochs=args.epochs, lr=args.lr,
-                        batch_size=args.batch_size, max_pairs=args.max_pairs or None, seed=seed,
+        # The search's own settings (DPOConfig's defaults) unless --pair-lr / --pair-batch-size are given.
+        tuned = {k: v for k, v in (("lr", args.pair_lr), ("batch_size", args.pair_batch_size)) if v is not None}
+        cfg = DPOConfig(mode="pair", model=model_dir, epochs=args.epochs, **tuned, max_pairs=args.max_pairs or None, seed=seed,
                         top_layers=args.top_layers, cache_dir=args.cache_dir or DPOConfig.cache_dir, device=args.device)
         candidates = PairCandidates.prepare(cfg, train, args.device)
         model = candidates.prep.model

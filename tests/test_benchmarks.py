@@ -138,7 +138,7 @@ def test_dpo_quality_compares_a_searched_loss_with_dpo_and_bt_over_seeds_in_pair
     synthetic_pairs(120, seed=1).to_table().to_pandas().to_parquet(tmp_path / "test.parquet")
     preference_taylor_point("dpo", 2).save(tmp_path / "searched.json")
     argv = [sys.executable, "benchmarks/dpo_quality.py", "--mode", "pair", "--model", "builtin", "--seeds", "2",
-            "--losses", f"dpo,bt,{tmp_path / 'searched.json'}", "--top-layers", "0", "--epochs", "1", "--lr", "1e-3",
+            "--losses", f"dpo,bt,{tmp_path / 'searched.json'}", "--top-layers", "0", "--epochs", "1",
             "--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.json")]
     assert run_while_progressing(argv, REPO, tmp_path / "run.log", 300) == 0, (tmp_path / "run.log").read_text()[-3000:]

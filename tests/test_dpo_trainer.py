@@ -166,6 +166,23 @@ def test_every_loss_trains_one_epoch_to_a_finite_loss_and_agreement():
         assert np.isfinite(result["val_agreement"]), loss
 
 
+def test_the_zoo_preference_loss_ships_trains_and_is_refused_by_the_other_task(capsys):
+    """zoo:pref-taylor-v1 (a searched preference loss) trains like a named loss; each task's zoo
+    holds only its own family, and asking one for the other's is one line, exit 2."""
+    from trainers.losses.preference import resolve_preference_loss
+    from trainers.errors import UsageError
+    from trainers.losses.preference_taylor import PreferenceTaylorLoss
+
+    loss = resolve_preference_loss("zoo:pref-taylor-v1")
+    assert isinstance(loss, PreferenceTaylorLoss) and loss.name == "pref-taylor-v1"
+    result = train_dpo(DPOConfig(loss="zoo:pref-taylor-v1", epochs=1, max_pairs=300), test=None)
+    assert result["status"] == "ok" and np.isfinite(result["val_agreement"])
+    assert main(["train-pu", "--loss", "zoo:pref-taylor-v1", "--epochs", "1"]) == 2
+    assert "no loss 'zoo:pref-taylor-v1' in the zoo for this task" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="it has \\['zoo:pref-taylor-v1'\\]"):
+        resolve_preference_loss("zoo:pu-taylor-v2")
+
+
 def test_a_run_that_goes_non_finite_after_a_good_epoch_is_diverged_as_in_a_search_pack():
     """One definition of "diverged": train_dpo does not call a run ok because an earlier epoch
     was good (a search pack scores the same run -1000)."""

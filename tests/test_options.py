@@ -245,3 +245,15 @@ def test_a_relative_cache_or_model_folder_means_the_drivers(tmp_path, monkeypatc
     options = PreferenceSearchOptions(cache_dir="states", model="models/m")
     assert options.cache_dir == str(tmp_path / "states") and options.model == str(tmp_path / "models/m")
     assert PreferenceSearchOptions().cache_dir.startswith("~")
+
+
+def test_a_progress_line_never_shows_the_divergence_penalty_as_a_best_fitness():
+    """Before any candidate or elite has finished, a progress line said "best -1000.0000"."""
+    from search.session.progress import pack_line
+
+    line = pack_line("re-evaluation")
+    assert line(PackReport([], 1, 15, False, unit="training").to_dict()).endswith("training 1/15, best none finished yet")
+    failed = PackReport([CandidateResult(3, DIVERGED_FITNESS, "diverged")], 2, 15, False, unit="training")
+    assert line(failed.to_dict()).endswith("best none ok")
+    mixed = PackReport([CandidateResult(3, DIVERGED_FITNESS, "diverged"), CandidateResult(4, 0.0133, "ok")], 3, 15, False)
+    assert line(mixed.to_dict()).endswith("rung 3/15, best 0.0133")

@@ -116,7 +116,7 @@ class DPOConfig:
                     "cross-encoder over [prompt] [SEP] [a] [SEP] [b], every layer trained (the GPU recipe)",
                     choices=PREFERENCE_MODES)
     model: str | None = opt(None, "local Hugging Face model folder (default: a tiny built-in model)")
-    loss: str = opt("dpo", "dpo|soft|robust|ipo|hinge|bt or a preference Taylor .json")
+    loss: str = opt("dpo", "dpo|soft|robust|ipo|hinge|bt, a preference Taylor .json, or zoo:NAME")
     # None: 0.1 in causal mode (the DPO paper's), 1.0 in encoder mode, where the reference scores
     # are all 0 and beta only sets the scale of the head's output (0.1 learnt ~3x slower there).
     beta: float | None = opt(None, "default 1.0 in encoder mode, 0.1 in causal mode")

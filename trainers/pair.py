@@ -428,13 +428,17 @@ class PairCandidates:
         return run
 
     def test(self, run: PairRun, test: PreferencePairs, loss) -> dict:
-        """The run's best epoch on ``test``, encoded from raw text as served; {} for a diverged run.
+        """The run's best epoch on ``test``; {} for a diverged run. The test texts' lower-layer
+        states go into the cache (computed once for every loss scored, as training's are; the same
+        numbers as from raw text, ``tests/test_dpo_pair.py``): a search's final report scores two
+        losses, and encoding a large test split twice from raw text took longer than the search.
         ``loss`` is unused: a pair judge's logit is its probability's, whatever loss trained it."""
         if run.diverged:
             return {}
         self.prep.model.judge.load_state_dict(run.best_state)
         data = PairTexts.build(test, self.prep.model.tokenizer, self.prep.model.text_budget(self.cfg))
-        return evaluate_pairs(self.prep.model, None, data, self.cfg, self.device)
+        fill_cache(self.prep.model, self.prep.cache, sorted(set(data.texts)), self.cfg)
+        return evaluate_pairs(self.prep.model, self.prep.cache, data, self.cfg, self.device)
 
 
 # -- the saved pair scorer ---------------------------------------------------------------------------

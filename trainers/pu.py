@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -27,12 +26,12 @@ from trainers.losses.pu import naive_loss, nnpu_loss, pan_losses, upu_loss, vpu_
 from trainers.losses.taylor import TaylorLoss, taylor_player_losses
 from trainers.metrics import classification_metrics, labelled_fitness, labelled_threshold, pu_fitness, shared_threshold
 from trainers.models.mlp import StackedMLP
+from trainers.zoo import ZOO_PREFIX, zoo_specs, zoo_spec
 
 BASELINES = ("naive", "oracle", "upu", "nnpu", "vpu", "pan")
 PU_BASELINES = tuple(m for m in BASELINES if m != "oracle")  # what a user can train: the oracle needs the truth
 NEEDS_PRIOR = ("upu", "nnpu")
 GAME_METHODS = ("pan", "taylor")  # trained as a selector/discriminator game
-ZOO_PREFIX = "zoo:"
 
 __all__ = ["PUConfig", "BASELINES", "PU_BASELINES", "train_pu", "run_epochs", "Population", "TrainTensors", "ValidationSets"]
 
@@ -41,7 +40,7 @@ __all__ = ["PUConfig", "BASELINES", "PU_BASELINES", "train_pu", "run_epochs", "P
 
 
 def zoo_names() -> list[str]:
-    return sorted(p.name[: -len(".json")] for p in resources.files("trainers.zoo").iterdir() if p.name.endswith(".json"))
+    return list(zoo_specs("taylor"))
 
 
 def resolve_loss(spec: str) -> str | TaylorLoss:
@@ -49,11 +48,7 @@ def resolve_loss(spec: str) -> str | TaylorLoss:
     if spec in BASELINES:
         return spec
     if spec.startswith(ZOO_PREFIX):
-        name = spec[len(ZOO_PREFIX) :]
-        if name not in zoo_names():
-            raise UsageError(f"no loss {spec!r} in the zoo; it has {[ZOO_PREFIX + n for n in zoo_names()]}")
-        with resources.as_file(resources.files("trainers.zoo") / f"{name}.json") as path:
-            return TaylorLoss.load(path)
+        return TaylorLoss.from_dict(zoo_spec(spec, "taylor"))
     if spec.endswith(".json") or Path(spec).exists():
         return TaylorLoss.load(spec)
     raise UsageError(f"unknown loss {spec!r}: use one of {BASELINES}, a Taylor loss .json file, or zoo:NAME")

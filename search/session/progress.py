@@ -51,10 +51,19 @@ def report_printer(path: Path, line: Callable[[dict], str | None], log) -> Calla
     return print_new
 
 
+def best_so_far(report: PackReport) -> str:
+    """The best fitness reported so far, or why there is none (not the divergence penalty)."""
+    if not report.results:
+        return "none finished yet"
+    if not any(r.status == "ok" for r in report.results):
+        return "none ok"
+    return f"{report.best_fitness:.4f}"
+
+
 def pack_line(label: str) -> Callable[[dict], str]:
     def line(result: dict) -> str:
         report = PackReport.from_dict(result)
-        return f"  {label}: {report.unit} {report.progress}/{report.total}, best {report.best_fitness:.4f}"
+        return f"  {label}: {report.unit} {report.progress}/{report.total}, best {best_so_far(report)}"
 
     return line
 
@@ -72,4 +81,4 @@ class PackProgress(Callback):
         running = sum(t.status == "RUNNING" for t in trials)
         alive = f", {report.alive} training on" if report.unit == "rung" and not report.finished else ""
         self.log(f"  pack {trial.config.get('pack')}: {report.unit} {report.progress}/{report.total}{alive}, "
-                 f"best in pack {report.best_fitness:.4f} ({running} trial(s) running)")
+                 f"best in pack {best_so_far(report)} ({running} trial(s) running)")

@@ -167,6 +167,7 @@ def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
         if note:
             log(note)
         return {}
+    log(f"training the best loss and dpo again with the search's settings, then scoring {len(test)} test pairs")
     trainer = preference_candidates(cfg, train, cfg.device)
     report = {}
     for label, loss in (("best", PreferenceTaylorLoss.load(folder / "best_loss.json")), ("dpo", resolve_preference_loss("dpo"))):

@@ -23,18 +23,22 @@ import torch.nn.functional as F
 
 from trainers.errors import UsageError
 from trainers.losses.preference_taylor import PreferenceTaylorLoss
+from trainers.zoo import ZOO_PREFIX, zoo_spec
 
 # Reference-free (Bradley-Terry on raw scores) and reference-based names.
 PREFERENCE_LOSSES = ("dpo", "soft", "robust", "ipo", "hinge", "bt")
 
 
 def resolve_preference_loss(spec: str) -> str | PreferenceTaylorLoss:
-    """A named loss, or a searched loss read from its file (a bad file fails here, not in a worker)."""
+    """A named loss, a shipped one (``zoo:NAME``), or a searched loss read from its file (a bad
+    file fails here, not in a worker)."""
     if spec in PREFERENCE_LOSSES:
         return spec
+    if spec.startswith(ZOO_PREFIX):
+        return PreferenceTaylorLoss.from_dict(zoo_spec(spec, "preference-taylor"))
     if spec.endswith(".json") or Path(spec).exists():
         return PreferenceTaylorLoss.load(spec)
-    raise UsageError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES} or a preference Taylor .json file")
+    raise UsageError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES}, a preference Taylor .json file or zoo:NAME")
 
 
 def log_ratio_margin(policy_a, policy_b, reference_a, reference_b) -> torch.Tensor:
