@@ -11,8 +11,8 @@ worker with ``--threads`` CPUs) and reads its ``metrics.json``: test agreement o
 length-controlled next to both rules, training pairs/s, caching texts/s (and how long caching
 took), scoring pairs/s from raw text. With ``--seeds N`` it compares losses instead (a searched
 loss file beside ``dpo`` and ``bt``): in this process, each seed's sample, split and initial head
-shared by every loss (``PairCandidates``), the test split scored over the same state cache (filled
-once for its texts; equal to scoring from raw text), mean and sd over the seeds.
+shared by every loss (``PairCandidates``), the test split scored as a search's final report scores it
+(over the state cache, its texts computed once), mean and sd over the seeds.
 
 The test split (split by instruction upstream) is scored once per method after training; the
 training split alone gives the validation prompts that pick the epoch. Prints one table.
@@ -126,30 +126,26 @@ def pair_losses(args) -> None:
     import numpy as np
 
     from trainers.losses.preference import resolve_preference_loss
-    from trainers.pair import PairCandidates, PairTexts, evaluate_pairs
+    from trainers.pair import PairCandidates
 
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test = read_pairs(args.train), read_pairs(args.test)
     losses = [name for name in args.losses.split(",") if name]
     rows: dict[str, list[dict]] = {name: [] for name in losses}
+    model_dir = None if args.model == "builtin" else args.model or str(default_model_dir())
+    # The search's own settings (DPOConfig's defaults) unless --pair-lr / --pair-batch-size are given.
+    tuned = {k: v for k, v in (("lr", args.pair_lr), ("batch_size", args.pair_batch_size)) if v is not None}
     for seed in range(args.seed, args.seed + args.seeds):
-        model_dir = None if args.model == "builtin" else args.model or str(default_model_dir())
-        # The search's own settings (DPOConfig's defaults) unless --pair-lr / --pair-batch-size are given.
-        tuned = {k: v for k, v in (("lr", args.pair_lr), ("batch_size", args.pair_batch_size)) if v is not None}
         cfg = DPOConfig(mode="pair", model=model_dir, epochs=args.epochs, **tuned, max_pairs=args.max_pairs or None, seed=seed,
                         top_layers=args.top_layers, cache_dir=args.cache_dir or DPOConfig.cache_dir, device=args.device)
         candidates = PairCandidates.prepare(cfg, train, args.device)
-        model = candidates.prep.model
-        data = PairTexts.build(test, model.tokenizer, model.text_budget(cfg))
-        cache, _ = model.prepare_cache(cfg, sorted(set(data.texts)))  # computed once, then read
         for name in losses:
-            run = candidates.train(resolve_preference_loss(name))
-            if run.diverged:  # no model to score: the row says so and counts as chance
-                r = {"agreement": 0.5, "agreement_lc": 0.5, "status": "diverged"}
-            else:
-                model.judge.load_state_dict(run.best_state)
-                r = evaluate_pairs(model, cache, data, cfg, args.device)
+            loss = resolve_preference_loss(name)
+            run = candidates.train(loss)
+            # The search's final report's scoring: the test texts cached once, then read.
+            # A diverged run has no model to score: the row says so and counts as chance.
+            r = candidates.test(run, test, loss) or {"agreement": 0.5, "agreement_lc": 0.5, "status": "diverged"}
             r.update(val_agreement=run.best_agreement, seed=seed)
             rows[name].append(r)
             print(f"seed {seed}  {name:<24} test {r['agreement']:.4f}  length-controlled {r['agreement_lc']:.4f}  "

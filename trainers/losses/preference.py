@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers.errors import UsageError
-from trainers.losses.preference_taylor import PreferenceTaylorLoss
+from trainers.losses.preference_taylor import FAMILY as TAYLOR_FAMILY, PreferenceTaylorLoss
 from trainers.zoo import ZOO_PREFIX, zoo_spec
 
 # Reference-free (Bradley-Terry on raw scores) and reference-based names.
@@ -35,7 +35,7 @@ def resolve_preference_loss(spec: str) -> str | PreferenceTaylorLoss:
     if spec in PREFERENCE_LOSSES:
         return spec
     if spec.startswith(ZOO_PREFIX):
-        return PreferenceTaylorLoss.from_dict(zoo_spec(spec, "preference-taylor"))
+        return PreferenceTaylorLoss.from_dict(zoo_spec(spec, TAYLOR_FAMILY))
     if spec.endswith(".json") or Path(spec).exists():
         return PreferenceTaylorLoss.load(spec)
     raise UsageError(f"unknown loss {spec!r}: use one of {PREFERENCE_LOSSES}, a preference Taylor .json file or zoo:NAME")
