@@ -5,7 +5,6 @@ the length heuristic and the reference-free Bradley-Terry baseline, for MiniLM i
     python3 benchmarks/dpo_quality.py --max-pairs 3000 --epochs 1 --max-length 128 --threads 2
     python3 benchmarks/dpo_quality.py --mode pair --max-pairs 0 --out pair.json   # the README recipe
     python3 benchmarks/dpo_quality.py --mode pair --seeds 5 --losses dpo,bt,best_loss.json --top-layers 0
-    python3 benchmarks/dpo_quality.py --mode pair --seeds 5 --losses dpo --prompt-relevance both --top-layers 0
 
 ``--mode pair`` runs the README recipe itself (``train-dpo --mode pair`` as a Ray Train job on one
 worker with ``--threads`` CPUs) and reads its ``metrics.json``: test agreement overall and
@@ -13,9 +12,7 @@ length-controlled next to both rules, training pairs/s, caching texts/s (and how
 took), scoring pairs/s from raw text. With ``--seeds N`` it compares losses instead (a searched
 loss file beside ``dpo`` and ``bt``): in this process, each seed's sample, split and initial head
 shared by every loss (``PairCandidates``), the test split scored as a search's final report scores it
-(over the state cache, its texts computed once), mean and sd over the seeds. ``--prompt-relevance
-both`` trains every loss with and without the prompt read (rows ``LOSS`` and ``LOSS+prompt``), on
-the same seeds, samples and splits.
+(over the state cache, its texts computed once), mean and sd over the seeds.
 
 The test split (split by instruction upstream) is scored once per method after training; the
 training split alone gives the validation prompts that pick the epoch. Prints one table.
@@ -62,8 +59,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=0, help="pair mode: compare --losses over this many seeds")
     ap.add_argument("--pair-lr", type=float, default=None, help="with --seeds (default: train-dpo's, as a search uses)")
     ap.add_argument("--pair-batch-size", type=int, default=None, help="with --seeds (default: train-dpo's)")
-    ap.add_argument("--prompt-relevance", default="off", choices=("off", "on", "both"),
-                    help="pair mode: the judge reads each answer's similarity to the prompt (both: side by side, with --seeds)")
     args = ap.parse_args()
     if args.mode == "pair":
         pair_losses(args) if args.seeds else pair_recipe(args)
@@ -109,8 +104,7 @@ def pair_recipe(args) -> None:
     defaults = {f.name: f.default for f in fields(DPOConfig)}
     cfg = DPOConfig(mode="pair", model=args.model or str(default_model_dir()), loss="dpo", epochs=args.epochs,
                     lr=args.lr, batch_size=args.batch_size, max_pairs=args.max_pairs or None, seed=args.seed,
-                    top_layers=args.top_layers, cache_dir=args.cache_dir or defaults["cache_dir"],
-                    prompt_relevance=args.prompt_relevance != "off")
+                    top_layers=args.top_layers, cache_dir=args.cache_dir or defaults["cache_dir"])
     started = time.perf_counter()
     m = run_train_dpo(cfg, args.train, args.test, args.run_dir, Scaling(1, float(args.threads or 2)),
                       log=lambda line: print(line, flush=True))
@@ -138,15 +132,13 @@ def pair_losses(args) -> None:
         torch.set_num_threads(args.threads)
     train, test = read_pairs(args.train), read_pairs(args.test)
     losses = [name for name in args.losses.split(",") if name]
-    variants = {"off": [False], "on": [True], "both": [False, True]}[args.prompt_relevance]
-    rows: dict[str, list[dict]] = {name + ("+prompt" if v else ""): [] for v in variants for name in losses}
+    rows: dict[str, list[dict]] = {name: [] for name in losses}
     model_dir = None if args.model == "builtin" else args.model or str(default_model_dir())
     # The search's own settings (DPOConfig's defaults) unless --pair-lr / --pair-batch-size are given.
     tuned = {k: v for k, v in (("lr", args.pair_lr), ("batch_size", args.pair_batch_size)) if v is not None}
-    for seed, prompt in ((seed, v) for seed in range(args.seed, args.seed + args.seeds) for v in variants):
+    for seed in range(args.seed, args.seed + args.seeds):
         cfg = DPOConfig(mode="pair", model=model_dir, epochs=args.epochs, **tuned, max_pairs=args.max_pairs or None, seed=seed,
-                        top_layers=args.top_layers, cache_dir=args.cache_dir or DPOConfig.cache_dir, device=args.device,
-                        prompt_relevance=prompt)
+                        top_layers=args.top_layers, cache_dir=args.cache_dir or DPOConfig.cache_dir, device=args.device)
         candidates = PairCandidates.prepare(cfg, train, args.device)
         for name in losses:
             loss = resolve_preference_loss(name)
@@ -155,9 +147,8 @@ def pair_losses(args) -> None:
             # A diverged run has no model to score: the row says so and counts as chance.
             r = candidates.test(run, test, loss) or {"agreement": 0.5, "agreement_lc": 0.5, "status": "diverged"}
             r.update(val_agreement=run.best_agreement, seed=seed)
-            row = name + ("+prompt" if prompt else "")
-            rows[row].append(r)
-            print(f"seed {seed}  {row:<24} test {r['agreement']:.4f}  length-controlled {r['agreement_lc']:.4f}  "
+            rows[name].append(r)
+            print(f"seed {seed}  {name:<24} test {r['agreement']:.4f}  length-controlled {r['agreement_lc']:.4f}  "
                   f"val {r['val_agreement']:.4f}", flush=True)
     print(f"\nAlpacaEval test: {len(test)} pairs; pair mode, top {args.top_layers} layer(s), "
           f"{args.max_pairs or 'all'} training pairs, {args.epochs} epoch(s), seeds {args.seed}..{seed}")

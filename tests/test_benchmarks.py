@@ -128,10 +128,9 @@ def test_transfer_loo_searches_without_the_held_out_set_and_scores_on_it(tmp_pat
     assert not (storage / "loo-d").exists()
 
 
-def test_dpo_quality_compares_losses_and_prompt_reading_over_seeds_in_pair_mode(tmp_path):
+def test_dpo_quality_compares_a_searched_loss_with_dpo_and_bt_over_seeds_in_pair_mode(tmp_path):
     """The loss comparison behind the searched preference loss's claim: every loss on every seed, the
-    same seeds for each, a test agreement per row, and the same table from the JSON; with
-    ``--prompt-relevance both`` every loss also with the judge reading the prompt."""
+    same seeds for each, a test agreement per row, and the same table from the JSON."""
     from trainers.data.pairs import synthetic_pairs
     from trainers.losses.preference_taylor import preference_taylor_point
 
@@ -141,11 +140,10 @@ def test_dpo_quality_compares_losses_and_prompt_reading_over_seeds_in_pair_mode(
     argv = [sys.executable, "benchmarks/dpo_quality.py", "--mode", "pair", "--model", "builtin", "--seeds", "2",
             "--losses", f"dpo,bt,{tmp_path / 'searched.json'}", "--top-layers", "0", "--epochs", "1",
             "--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.json"), "--prompt-relevance", "both"]
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.json")]
     assert run_while_progressing(argv, REPO, tmp_path / "run.log", 300) == 0, (tmp_path / "run.log").read_text()[-3000:]
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
-    losses = ["dpo", "bt", str(tmp_path / "searched.json")]
-    assert list(rows) == losses + [name + "+prompt" for name in losses]
+    assert list(rows) == ["dpo", "bt", str(tmp_path / "searched.json")]
     for name, per_seed in rows.items():
         assert [r["seed"] for r in per_seed] == [0, 1], name
         assert all(0.0 <= r["agreement"] <= 1.0 and r["pairs"] == 120 for r in per_seed), per_seed

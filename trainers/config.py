@@ -145,9 +145,7 @@ class DPOConfig:
     bf16: bool = opt(True, "pair mode: bfloat16 autocast for the top layers, training and serving, on a CPU "
                            "with native bfloat16 (AVX-512 BF16 or AMX; float32 elsewhere)")
     swap: bool = opt(True, "pair mode: swap A/B of a random half of each epoch's pairs")
-    prompt_relevance: bool = opt(False, "pair mode: the head also reads each answer's cosine similarity to the prompt "
-                                        "(the prompt encoded by the same layers, cached like an answer)")
-    cache_batch: int = opt(32, "pair mode: texts per caching batch", cli=False)
+    cache_batch: int = opt(32, "pair mode: texts per caching step (each text is encoded alone)", cli=False)
     checkpoint_minutes: float = opt(3.0, "pair mode: a checkpoint and a progress line this often while training")
 
     def validate(self) -> None:

@@ -75,10 +75,9 @@ class PairModel:
 
     def batch_logits(self, cache: StateCache | None, data: "PairTexts", index: torch.Tensor, ia: torch.Tensor,
                      ib: torch.Tensor, cfg: DPOConfig, device) -> torch.Tensor:
-        """Logits of pairs (ia[i], ib[i]) of ``data`` (``index``: the pairs, for their prompts when
-        the judge reads them): each distinct text of the batch encoded once."""
-        rows = [ia, ib] + ([data.q[index]] if self.judge.reads_prompt else [])
-        used, inverse = torch.unique(torch.cat(rows), return_inverse=True)
+        """Logits of pairs (ia[i], ib[i]) of ``data`` (``index``: the pairs, unused here: the
+        prompt is not read): each distinct text of the batch encoded once."""
+        used, inverse = torch.unique(torch.cat([ia, ib]), return_inverse=True)
         texts = [data.texts[i] for i in used.tolist()]
         if cache is None:
             h = encode_raw(self, texts, cfg, device)
@@ -87,8 +86,7 @@ class PairModel:
             h = self.judge.encode(states, lengths, owner, len(texts))
         features = data.features.to(device)
         n = len(ia)
-        hq = h[inverse[2 * n:]] if self.judge.reads_prompt else None
-        return self.judge.logit(h[inverse[:n]], h[inverse[n:2 * n]], features[ia], features[ib], hq)
+        return self.judge.logit(h[inverse[:n]], h[inverse[n:]], features[ia], features[ib])
 
     def all_logits(self, cache: StateCache | None, data: "PairTexts", cfg: DPOConfig, device) -> torch.Tensor:
         """Every pair of ``data``: texts encoded once each (from the cache, or from raw text
@@ -102,8 +100,7 @@ class PairModel:
                 h.append(self.judge.encode(*load_states(self, cache, texts, cfg, device), len(texts)))
         h = torch.cat(h)
         features = data.features.to(device)
-        hq = h[data.q] if self.judge.reads_prompt else None
-        return self.judge.logit(h[data.a], h[data.b], features[data.a], features[data.b], hq)
+        return self.judge.logit(h[data.a], h[data.b], features[data.a], features[data.b])
 
 
 def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel:
@@ -114,8 +111,7 @@ def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel
     if cfg.quantize_lower:
         lower = quantize_lower(lower)
     torch.manual_seed(cfg.seed)
-    judge = PairJudge(top, backbone.config.hidden_size, bf16=cfg.bf16 and cpu_runs_bf16(), prompt=cfg.prompt_relevance)
-    return PairModel(lower, judge, tokenizer, key)
+    return PairModel(lower, PairJudge(top, backbone.config.hidden_size, bf16=cfg.bf16 and cpu_runs_bf16()), tokenizer, key)
 
 
 # -- the texts of a set of pairs -----------------------------------------------------------------------
@@ -123,8 +119,7 @@ def build_pair_model(cfg: DPOConfig, backbone=None, tokenizer=None) -> PairModel
 
 @dataclass
 class PairTexts:
-    """Pairs as indices into a table of distinct texts (the answers, and the prompts for a judge
-    that reads them), with each text's side features."""
+    """Pairs as indices into a table of distinct texts, with each text's side features."""
 
     texts: list[str]
     prompts: list[str]  # [N] each pair's prompt
@@ -133,30 +128,21 @@ class PairTexts:
     p: torch.Tensor  # [N] P(a better)
     length_controlled: np.ndarray
     features: torch.Tensor  # [n_texts, F]
-    truncated_texts: int  # answers only
-    q: torch.Tensor | None = None  # [N] index of each pair's prompt in ``texts`` (``with_prompts``)
+    truncated_texts: int
 
     def __len__(self) -> int:
         return len(self.p)
 
     @classmethod
-    def build(cls, pairs: PreferencePairs, tokenizer, budget: int, with_prompts: bool = False) -> "PairTexts":
+    def build(cls, pairs: PreferencePairs, tokenizer, budget: int) -> "PairTexts":
         """``budget``: the tokens an answer keeps (the judge's ``text_budget``), to count truncations."""
-        answers = set(pairs.a) | set(pairs.b)
-        texts = sorted(answers | set(pairs.prompt) if with_prompts else answers)  # sorted: the same set, the same order
+        texts = sorted(set(pairs.a) | set(pairs.b))  # sorted: the same set gives the same order
         where = {t: i for i, t in enumerate(texts)}
         counts = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]], dtype=np.int64)
-        answer_counts = counts[[where[t] for t in sorted(answers)]]
         return cls(texts, list(pairs.prompt), torch.tensor([where[t] for t in pairs.a]),
                    torch.tensor([where[t] for t in pairs.b]), torch.as_tensor(pairs.p, dtype=torch.float32),
                    pairs.length_controlled(), torch.as_tensor(side_features(texts, counts)),
-                   truncated_count(answer_counts, budget),
-                   torch.tensor([where[t] for t in pairs.prompt]) if with_prompts else None)
-
-    def answer_features(self) -> torch.Tensor:
-        """The side features of the answers alone (a prompt is not an answer: its length must not
-        shift the scale the judge standardises answers with)."""
-        return self.features[torch.unique(torch.cat([self.a, self.b]))]
+                   truncated_count(counts, budget))
 
 
 # -- the cache ---------------------------------------------------------------------------------------
@@ -167,25 +153,27 @@ def open_cache(cfg: DPOConfig, model: PairModel) -> StateCache:
 
 
 def encode_windows(model: PairModel, texts: list[str], cfg: DPOConfig):
-    """Lower-layer states of ``texts``: per text ``(states [w, T, H], lengths [w])``."""
+    """Lower-layer states of ``texts``: per text ``(states [w, T, H], lengths [w])``.
+
+    Each text's windows go through the layers as a batch of their own. Dynamic int8 quantises
+    activations with one scale per batch, so a text encoded beside others got states that
+    depended on them (by up to 1.3 in one state, MiniLM) and a cached text's states on the order
+    the cache was filled in: two runs of one seed differed, and so did the scorer from the run's
+    own test scores. Alone, a text's states are the same in every run, cache and scorer, and
+    no slower (35 against 31-33 texts/s on 2 CPUs: nothing is padded to another text's length)."""
     windows, _ = text_windows(model.tokenizer, texts, cfg.window, cfg.max_windows)
-    flat = [w for ws in windows for w in ws]
-    ids, attention = pad_windows(flat, model.tokenizer.pad_token_id or 0)
-    states = lower_states(model.lower, ids, attention)
-    lengths = attention.sum(1)
-    out, start = [], 0
+    out = []
     for ws in windows:
-        part = slice(start, start + len(ws))
-        width = int(lengths[part].max())
-        out.append((states[part, :width].float().numpy(), lengths[part].numpy()))
-        start += len(ws)
+        ids, attention = pad_windows(ws, model.tokenizer.pad_token_id or 0)
+        lengths = attention.sum(1)
+        out.append((lower_states(model.lower, ids, attention).float().numpy(), lengths.numpy()))
     return out
 
 
 def fill_cache(model: PairModel, cache: StateCache, texts: list[str], cfg: DPOConfig,
                progress: Progress | None = None, every_seconds: float = 30.0) -> dict:
     """Compute and store the states of every text not validly cached yet (damaged files are
-    deleted and recomputed). Texts go longest first in chunks, so padding stays small."""
+    deleted and recomputed), in chunks of ``cache_batch`` texts between progress checks."""
     started = time.perf_counter()
     missing = [t for t in texts if not cache.valid(t)]
     missing.sort(key=len, reverse=True)
@@ -387,10 +375,9 @@ def prepare_pair(cfg: DPOConfig, pairs: PreferencePairs, device, progress: Progr
     train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_frac, cfg.seed)
     model = (build or build_pair_model)(cfg)
     model.judge.to(device)
-    budget, prompts = model.text_budget(cfg), model.judge.reads_prompt
-    train = PairTexts.build(train_pairs, model.tokenizer, budget, prompts)
-    val = PairTexts.build(val_pairs, model.tokenizer, budget, prompts)
-    model.judge.set_side_scale(train.answer_features().numpy())
+    budget = model.text_budget(cfg)
+    train, val = PairTexts.build(train_pairs, model.tokenizer, budget), PairTexts.build(val_pairs, model.tokenizer, budget)
+    model.judge.set_side_scale(train.features.numpy())
     cache, stats = model.prepare_cache(cfg, sorted(set(train.texts) | set(val.texts)), progress)
     return PairPrepared(model, cache, train, val, stats)
 
@@ -450,11 +437,10 @@ class PairCandidates:
         ``loss`` is unused: a pair judge's logit is its probability's, whatever loss trained it."""
         if run.diverged:
             return {}
-        model = self.prep.model
-        model.judge.load_state_dict(run.best_state)
-        data = PairTexts.build(test, model.tokenizer, model.text_budget(self.cfg), model.judge.reads_prompt)
-        fill_cache(model, self.prep.cache, sorted(set(data.texts)), self.cfg)
-        return evaluate_pairs(model, self.prep.cache, data, self.cfg, self.device)
+        self.prep.model.judge.load_state_dict(run.best_state)
+        data = PairTexts.build(test, self.prep.model.tokenizer, self.prep.model.text_budget(self.cfg))
+        fill_cache(self.prep.model, self.prep.cache, sorted(set(data.texts)), self.cfg)
+        return evaluate_pairs(self.prep.model, self.prep.cache, data, self.cfg, self.device)
 
 
 # -- the saved pair scorer ---------------------------------------------------------------------------
@@ -489,8 +475,7 @@ def save_pair_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta:
     save_judge_scorer(folder, backbone, tokenizer, best_state,
                       {**meta, "mode": "pair", "top_layers": cfg.top_layers, "window": cfg.window,
                        "max_windows": cfg.max_windows, "quantize_lower": cfg.quantize_lower, "bf16": cfg.bf16,
-                       "max_length": cfg.window * cfg.max_windows, "max_prompt_length": 0,
-                       "prompt_relevance": cfg.prompt_relevance})
+                       "max_length": cfg.window * cfg.max_windows, "max_prompt_length": 0})
 
 
 def load_judge_head(judge: torch.nn.Module, folder: Path) -> None:
@@ -510,7 +495,7 @@ def load_pair_model(folder: str | Path, meta: dict) -> tuple[PairModel, DPOConfi
     folder = Path(folder)
     cfg = DPOConfig(mode="pair", model=str(folder), top_layers=int(meta["top_layers"]), window=int(meta["window"]),
                     max_windows=int(meta["max_windows"]), quantize_lower=bool(meta["quantize_lower"]),
-                    bf16=bool(meta.get("bf16", False)), prompt_relevance=bool(meta.get("prompt_relevance", False)))
+                    bf16=bool(meta.get("bf16", False)))
     backbone, tokenizer = load_backbone(folder, "encoder")
     model = build_pair_model(cfg, backbone, tokenizer)
     load_judge_head(model.judge, folder)

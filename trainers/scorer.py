@@ -102,7 +102,7 @@ def judge_mode(folder: str | Path) -> str | None:
 class PairScorer:
     """A pair-mode scorer: it reads both answers, so it scores pairs, not single responses.
 
-    Each distinct answer (and prompt, for a judge that reads it) is encoded once (lower then top layers) and its pooled state kept in an
+    Each distinct answer is encoded once (lower then top layers) and its pooled state kept in an
     in-memory cache of ``answer_cache`` entries, so an answer met again in later pairs or calls is
     not re-encoded. P(b better than a) is exactly 1 - P(a better than b).
     """
@@ -162,11 +162,10 @@ class PairScorer:
         self.check_lengths(prompts, outputs_a, outputs_b)
         if not outputs_a:
             return np.zeros(0)
-        judge, n = self.model.judge, len(outputs_a)
-        h = self.answer_states(list(outputs_a) + list(outputs_b) + (list(prompts) if judge.reads_prompt else [])).to(self.device)
+        h = self.answer_states(list(outputs_a) + list(outputs_b))
         features = self.side_features(list(outputs_a) + list(outputs_b))
-        hq = h[2 * n:] if judge.reads_prompt else None
-        logit = judge.logit(h[:n], h[n:2 * n], features[:n], features[n:], hq)
+        n = len(outputs_a)
+        logit = self.model.judge.logit(h[:n].to(self.device), h[n:].to(self.device), features[:n], features[n:])
         return prob_from_logit(logit.double().cpu().numpy())
 
     def rank(self, prompt: str, candidates: list[str]) -> list[int]:

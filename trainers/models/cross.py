@@ -58,8 +58,6 @@ class CrossJudge(nn.Module):
     optimiser set-up), mean pooling over the sequence, a linear head, and the side features'
     difference through a linear map (zero at the start: the encoder learns first)."""
 
-    reads_prompt = False  # the prompt is in its input already, not a separate text to encode
-
     def __init__(self, encoder: nn.Module, hidden: int, dropout: float = 0.1):
         super().__init__()
         self.top = encoder

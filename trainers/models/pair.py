@@ -5,10 +5,7 @@ An answer is cut into windows of ``window`` tokens (``[CLS] chunk [SEP]`` each, 
 distinct text and their states are cached on disk (``trainers.data.state_cache``); the top
 ``k`` layers run over those states, are fine-tuned, and are mean-pooled over every real token
 of every window into ``h``. A pair head reads ``[h_a, h_b, h_a - h_b, h_a * h_b]`` and side
-features of both texts (length in tokens, log length ratio, list items, newlines, code blocks);
-with ``prompt=True`` also how close each answer is to the prompt (the cosine of their ``h``, the
-prompt encoded by the same layers): what an answer is about generalises to unseen prompts, where
-the answers' own states did not (``benchmarks/RESULTS.md``).
+features of both texts (length in tokens, log length ratio, list items, newlines, code blocks).
 
 Antisymmetric by construction: the logit is ``g(a, b) - g(b, a)``, so swapping the answers
 negates it exactly and :func:`prob_from_logit` turns that into exactly ``1 - p``.
@@ -97,7 +94,9 @@ def quantize_lower(lower: nn.Module) -> nn.Module:
 
 def lower_key(lower: nn.Module, window: int, max_windows: int, quantized: bool, dtype: str) -> str:
     """The cache key: a hash of the lower layers' weights, their shape and the windowing."""
-    digest = hashlib.sha256(f"{lower.config.to_json_string()}|{window}|{max_windows}|{quantized}|{dtype}".encode())
+    # "per-text": states computed one text per batch (trainers.pair.encode_windows); caches
+    # filled before, with batch-dependent int8 states, are not read.
+    digest = hashlib.sha256(f"{lower.config.to_json_string()}|{window}|{max_windows}|{quantized}|{dtype}|per-text".encode())
     for name, tensor in sorted(lower.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().contiguous().numpy().tobytes())
@@ -130,17 +129,15 @@ def additive_mask(lengths: torch.Tensor, width: int, dtype: torch.dtype) -> torc
 class PairJudge(nn.Module):
     """Top layers over window states, mean pooling per text, and the antisymmetric pair head."""
 
-    def __init__(self, top: nn.ModuleList, hidden: int, head_width: int = 256, dropout: float = 0.1, bf16: bool = False,
-                 prompt: bool = False):
+    def __init__(self, top: nn.ModuleList, hidden: int, head_width: int = 256, dropout: float = 0.1, bf16: bool = False):
         super().__init__()
         self.top = top
         self.bf16 = bf16  # bfloat16 autocast for the top layers on a CPU (~1.8x on 2 cores); the head stays float32
-        self.reads_prompt = prompt
         n_side = len(SIDE_FEATURES)
         self.register_buffer("side_mean", torch.zeros(n_side))
         self.register_buffer("side_std", torch.ones(n_side))
-        n_in = 4 * hidden + 3 * n_side + 1 + (3 if prompt else 0)
-        self.head = nn.Sequential(nn.Linear(n_in, head_width), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_width, 1))
+        self.head = nn.Sequential(nn.Linear(4 * hidden + 3 * n_side + 1, head_width), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(head_width, 1))
 
     def set_side_scale(self, features: np.ndarray) -> None:
         """Standardise side features with statistics of the training texts (kept in the model)."""
@@ -164,23 +161,15 @@ class PairJudge(nn.Module):
         counts = torch.zeros(n_texts, dtype=hidden.dtype, device=hidden.device).index_add_(0, owner, real.sum(1))
         return summed / counts.clamp_min(1.0)[:, None]
 
-    def _one_order(self, ha, hb, fa, fb, ra, rb) -> torch.Tensor:
+    def _one_order(self, ha, hb, fa, fb) -> torch.Tensor:
         ratio = (fa[:, :1] - fb[:, :1])  # log token-length ratio (before standardising)
         sa, sb = (fa - self.side_mean) / self.side_std, (fb - self.side_mean) / self.side_std
-        parts = [ha, hb, ha - hb, ha * hb, sa, sb, sa - sb, ratio] + ([ra, rb, ra - rb] if self.reads_prompt else [])
-        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
+        x = torch.cat([ha, hb, ha - hb, ha * hb, sa, sb, sa - sb, ratio], dim=1)
+        return self.head(x).squeeze(-1)
 
-    def logit(self, ha: torch.Tensor, hb: torch.Tensor, fa: torch.Tensor, fb: torch.Tensor,
-              hq: torch.Tensor | None = None) -> torch.Tensor:
-        """``g(a, b) - g(b, a)``: swapping a and b negates it exactly (the same two calls, reversed).
-        ``hq``: the prompts' states, needed when the judge reads the prompt."""
-        ra = rb = None
-        if self.reads_prompt:
-            if hq is None:
-                raise ValueError("this judge reads the prompt: pass the prompts' states (hq)")
-            ra = nn.functional.cosine_similarity(hq, ha, dim=1)[:, None]
-            rb = nn.functional.cosine_similarity(hq, hb, dim=1)[:, None]
-        return self._one_order(ha, hb, fa, fb, ra, rb) - self._one_order(hb, ha, fb, fa, rb, ra)
+    def logit(self, ha: torch.Tensor, hb: torch.Tensor, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """``g(a, b) - g(b, a)``: swapping a and b negates it exactly (the same two calls, reversed)."""
+        return self._one_order(ha, hb, fa, fb) - self._one_order(hb, ha, fb, fa)
 
 
 def prob_from_logit(logit: np.ndarray) -> np.ndarray:
