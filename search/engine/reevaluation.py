@@ -175,7 +175,8 @@ def format_reevaluation(record: dict) -> str:
         lines.append(f"{r['id']:>6} {r['source']:<22} {search:>9} {r['reevaluated_fitness']:>9.4f} {r['se']:>8.4f} "
                      f"{r['lcb']:>9.4f}{mark}")
     if record["shrinkage"] is not None:
-        lines.append(f"shrinkage: the elites' search fitness exceeds their re-evaluated fitness by {record['shrinkage']:.4f} on average")
+        # Signed: positive when the search over-rated its elites (the usual winner's curse), negative when it under-rated them.
+        lines.append(f"shrinkage (the elites' search fitness minus their re-evaluated fitness, mean): {record['shrinkage']:+.4f}")
     return "\n".join(lines)
 
 
