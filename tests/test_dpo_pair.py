@@ -282,3 +282,33 @@ def test_length_format_rule_learns_length():
     p = np.array([float(len(x) > len(y)) for x, y in zip(a, b)], dtype=np.float32)
     pairs = PreferencePairs([""] * 400, a, b, p)
     assert length_format_rule(pairs.take(np.arange(300)), pairs.take(np.arange(300, 400)), tokenizer)["agreement"] > 0.9
+
+
+class _Payload:
+    """Unpickled, it would create ``marker``: what a tampered scorer file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pair_scorers_head_is_read_as_data_never_run(tmp_path):
+    """A scorer folder is handed between users: a crafted ``pair_judge.pt`` is refused in one line
+    and its payload never runs (torch < 2.6, which the package accepts, unpickles by default);
+    a torch file of the wrong weights is a clear error too."""
+    from trainers.errors import DataError
+    from trainers.pair import JUDGE_FILE
+
+    cfg = tiny_cfg(tmp_path)
+    prep = prepare_pair(cfg, synthetic_pairs(40), "cpu")
+    save_pair_scorer(tmp_path / "scorer", cfg, prep.model.judge.state_dict(), {"loss": "dpo", "reward_scale": 1.0, "beta": 1.0})
+    assert isinstance(PreferenceScorer.load(tmp_path / "scorer"), PairScorer)
+    torch.save({"head.0.weight": _Payload(tmp_path / "pwned")}, tmp_path / "scorer" / JUDGE_FILE)
+    with pytest.raises(DataError, match="refused") as refused:
+        PreferenceScorer.load(tmp_path / "scorer")
+    assert "\n" not in str(refused.value) and not (tmp_path / "pwned").exists()
+    torch.save({"head.0.weight": torch.zeros(2, 2)}, tmp_path / "scorer" / JUDGE_FILE)
+    with pytest.raises(DataError, match="not this scorer's weights"):
+        PreferenceScorer.load(tmp_path / "scorer")

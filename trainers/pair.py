@@ -480,15 +480,17 @@ def save_pair_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta:
 
 
 def load_judge_head(judge: torch.nn.Module, folder: Path) -> None:
-    """The saved head (and side-feature scale) into ``judge``, whose ``top`` came with the encoder."""
+    """The saved head (and side-feature scale) into ``judge``, whose ``top`` came with the encoder.
+    Read as data only (``load_state``): a scorer folder is a file anyone may hand a user."""
+    from trainers.checkpoints import load_state
     from trainers.errors import DataError
 
+    head = load_state(folder / JUDGE_FILE, "judge's head")
     try:
-        head = torch.load(folder / JUDGE_FILE, map_location="cpu")
         judge.load_state_dict({**{f"top.{k}": v for k, v in judge.top.state_dict().items()}, **head})
-    except (OSError, RuntimeError, EOFError) as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(folder / JUDGE_FILE, f"cannot load the judge's head (damaged or not a torch file): {first}") from None
+        raise DataError(folder / JUDGE_FILE, f"cannot load the judge's head (not this scorer's weights): {first}") from None
     judge.eval()
 
 
