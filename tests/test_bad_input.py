@@ -630,6 +630,27 @@ def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tm
         main(["report", "s", "--storage", str(tmp_path)])
 
 
+def test_a_resume_refuses_a_tampered_checkpoint_but_not_a_torn_one(tmp_path):
+    """A kill while Ray copies a checkpoint in leaves a truncated state.pt that Ray never recorded:
+    no danger and no reason to block every later resume. A tampered one still stops it."""
+    import torch
+
+    from trainers.checkpoints import check_checkpoints
+    from trainers.errors import DataError
+
+    good = tmp_path / "run" / "checkpoint_000000" / "state.pt"
+    good.parent.mkdir(parents=True)
+    torch.save({"epoch": 1, "w": torch.ones(3)}, good)
+    torn = tmp_path / "run" / "checkpoint_000001" / "state.pt"
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(good.read_bytes()[:40])
+    assert check_checkpoints(tmp_path / "run") == 2
+    _crafted_state(tmp_path / "run" / "checkpoint_000002" / "state.pt", tmp_path)
+    with pytest.raises(DataError, match="refused"):
+        check_checkpoints(tmp_path / "run")
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_the_crafted_checkpoint_is_a_real_payload_that_lossforge_never_runs(tmp_path):
     """The corpus's tampered checkpoints are live: unpickled the old way they run their payload;
     lossforge's loader refuses them in one line and runs nothing."""

@@ -118,6 +118,25 @@ class NaNSearcher(PackSearcher):
         return config
 
 
+def test_a_relative_val_path_reaches_the_workers_and_the_record(tmp_path, local_ray, pu_parquet, monkeypatch):
+    """Train workers run inside their trial folders: a --val typed relative to where the command
+    started must still be that file there (it was read as the trial folder's, and every candidate
+    failed), and search.json records it absolutely so a resume from elsewhere reads the same rows."""
+    from conftest import write_embeddings
+
+    rng = np.random.default_rng(1)
+    label = (rng.random(120) < 0.4).astype(np.int8)
+    write_embeddings(tmp_path / "val.parquet", rng.normal(size=(120, 16)) + 1.5 * label[:, None] * np.eye(16)[0], label=label)
+    monkeypatch.chdir(tmp_path)
+    opts = SearchOptions(name="relval", storage="results", budget=2, pack=2, epochs=1, concurrency=1, seed_losses=[],
+                         train=["train"], task_options=PUSearchOptions(val="val.parquet", rungs=[], reevaluate=0, folds=1))
+    run_search(TASKS["pu"], opts, log=lambda m: None)
+    folder = tmp_path / "results" / "relval"
+    assert [e.status for e in EvaluationLog(folder).told()] == ["ok", "ok"]
+    spec = json.loads((folder / "search.json").read_text())
+    assert spec["task_options"]["val"] == str(tmp_path / "val.parquet")
+
+
 def test_a_nan_candidate_is_penalised_and_the_search_finishes(tmp_path, local_ray):
     opts = SearchOptions(name="nan", storage=str(tmp_path), budget=4, pack=2, epochs=2, concurrency=1, seed_losses=[],
                          task_options=PUSearchOptions(rungs=[], reevaluate=0))

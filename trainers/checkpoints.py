@@ -16,6 +16,10 @@ from trainers.errors import DataError
 STATE_FILE = "state.pt"
 
 
+class RefusedCheckpoint(DataError):
+    """A checkpoint that holds more than tensors and plain values: tampered or foreign."""
+
+
 def plain(value):
     """``value`` with numpy arrays and scalars turned into lists and Python numbers (what
     ``weights_only=True`` reads back); tensors, dicts, lists and plain values pass through."""
@@ -44,7 +48,7 @@ def load_state(path: str | Path, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DataError(path, f"refused to load this {what}: it holds objects beyond tensors and plain values "
+        raise RefusedCheckpoint(path, f"refused to load this {what}: it holds objects beyond tensors and plain values "
                               "(a tampered or foreign file; nothing in it was run)") from None
     except (OSError, RuntimeError, EOFError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -53,8 +57,16 @@ def load_state(path: str | Path, what: str = "checkpoint"):
 
 def check_checkpoints(*folders: str | Path) -> int:
     """Load every checkpoint under the run folders a resume will hand to a worker: a tampered one
-    fails the command now, as one line, before Ray starts. Returns how many were checked."""
+    fails the command now, as one line, before Ray starts. A damaged one (a kill while Ray copied
+    it in, before Ray recorded it) is no danger and no reason to refuse the resume: Ray resumes
+    from the last checkpoint it recorded, and a damaged file it did record fails in the worker,
+    naming the file. Returns how many were checked."""
     paths = sorted(p for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob(STATE_FILE))
     for path in paths:
-        load_state(path)
+        try:
+            load_state(path)
+        except RefusedCheckpoint:
+            raise
+        except DataError:
+            continue
     return len(paths)

@@ -8,6 +8,7 @@ these fields (``search.engine.options.add_dataclass_options``), so an option is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trainers.errors import UsageError
 
@@ -32,6 +33,25 @@ VAL_HELP = ("a labelled validation set (columns embedding, label; a file, folder
             "fitness, the epoch kept and the decision threshold")
 VAL_SIZE_HELP = ("benchmark data: draw this many random training rows as the labelled validation set (they are "
                  "removed from training); 0: none")
+
+
+def driver_path(value: str | None) -> str | None:
+    """A local path made absolute, so that Ray workers, which run inside their own trial folders,
+    and a resume started from another folder read the file the command was given. URIs stay as
+    given, and so does "~" (expanded on each machine)."""
+    if value is None or "://" in value or value.startswith("~"):
+        return value
+    return str(Path(value).absolute())
+
+
+def absolute_paths(obj, *names: str, loss: str | None = None) -> None:
+    """``driver_path`` on the named fields of ``obj``, and on its ``loss`` field when that names a
+    loss file (a baseline name or zoo:NAME stays)."""
+    for name in names:
+        value = getattr(obj, name)
+        setattr(obj, name, driver_path(str(value)) if value is not None else None)
+    if loss and isinstance(getattr(obj, loss), str) and getattr(obj, loss).endswith(".json"):
+        setattr(obj, loss, driver_path(getattr(obj, loss)))
 
 
 def opt(default=None, help: str = "", **cli):
@@ -92,6 +112,9 @@ class PUConfig:
     vpu_alpha: float = opt(0.3, "VPU's MixUp Beta(alpha, alpha)", cli=False)
     vpu_lambda: float = opt(0.03, "VPU's MixUp weight", cli=False)
 
+    def __post_init__(self) -> None:
+        absolute_paths(self, "val", loss="loss")
+
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError("--epochs and --batch-size must be at least 1")
@@ -147,6 +170,9 @@ class DPOConfig:
     swap: bool = opt(True, "pair mode: swap A/B of a random half of each epoch's pairs")
     cache_batch: int = opt(32, "pair mode: texts per caching step (each text is encoded alone)", cli=False)
     checkpoint_minutes: float = opt(3.0, "pair mode: a checkpoint and a progress line this often while training")
+
+    def __post_init__(self) -> None:
+        absolute_paths(self, "model", "cache_dir", loss="loss")
 
     def validate(self) -> None:
         if self.mode not in PREFERENCE_MODES:

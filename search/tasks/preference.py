@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from search.engine.options import SearchOptions
-from trainers.config import PREFERENCE_MODES, DPOConfig, opt
+from trainers.config import PREFERENCE_MODES, DPOConfig, absolute_paths, opt
 from trainers.errors import UsageError
 
 Log = Callable[[str], None]
@@ -35,11 +35,8 @@ class PreferenceSearchOptions:
 
     def __post_init__(self) -> None:
         # Train workers run inside their trial folders: a relative folder must mean the driver's
-        # (else every pack fills a cache of its own). "~" stays, to expand on each machine.
-        for name in ("model", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not str(value).startswith("~"):
-                setattr(self, name, str(Path(value).absolute()))
+        # (else every pack fills a cache of its own).
+        absolute_paths(self, "model", "cache_dir")
 
     def validate(self, epochs: int) -> None:
         if self.fitness != "val_agreement":

@@ -14,7 +14,7 @@ from typing import Callable
 from search.engine.options import SearchOptions
 from trainers.config import (
     DEFAULT_VAL_METRIC, FITNESS_NEEDS_PRIOR, LABELLING_HELP, LABELLINGS, PU_FITNESS, SEARCH_DEFAULT_FITNESS,
-    TRUTH_FITNESS, VAL_HELP, VAL_METRICS, VAL_SIZE_HELP, check_validation_options, opt,
+    TRUTH_FITNESS, VAL_HELP, VAL_METRICS, VAL_SIZE_HELP, absolute_paths, check_validation_options, opt,
 )
 from trainers.errors import UsageError
 
@@ -45,6 +45,9 @@ class PUSearchOptions:
     sample_rows: int | None = opt(None, "search on a seeded sample of this many rows of each --train, stratified "
                                         "(labelled and unlabelled rows keep their shares; written to the results "
                                         "folder); then train the found loss on everything with train-pu --workers")
+
+    def __post_init__(self) -> None:
+        absolute_paths(self, "val")  # the packs run inside their trial folders; a resume may start elsewhere
 
     def validate(self, epochs: int) -> None:
         if self.fitness not in PU_FITNESS + TRUTH_FITNESS:
