@@ -613,6 +613,25 @@ def test_all_positive_truth_warns_in_one_line(world, capsys):
     assert "lossforge: warning:" in err and "allpos.parquet" in err and "every row is positive" in err
 
 
+def test_report_ignores_a_reevaluation_of_an_older_log(tmp_path, capsys):
+    """A finished search resumed with a larger budget and stopped before its new re-evaluation: the
+    old stage's winner was chosen among other elites, so `report` exports the search's best and
+    says why, instead of re-exporting the stale winner."""
+    folder = _search_folder(tmp_path, "grown")
+    old = {"id": 7, "source": "optimizer", "vector": [1.0] * 22, "search_fitness": 0.5, "reevaluated_fitness": 0.4,
+           "se": 0.1, "lcb": 0.3, "status": "ok"}
+    record = {"members_per_candidate": 4, "z": 1.0, "rows": [old], "winner": 7, "shrinkage": 0.1, "log_told": 1}
+    (folder / "reevaluation.json").write_text(json.dumps(record))
+    assert main(["report", "grown", "--storage", str(tmp_path)]) == 0
+    exported = json.loads((folder / "best_loss.json").read_text())
+    assert exported["name"] == "grown-best-0"
+    assert "re-evaluated the elites of 1 evaluations, the log now holds 2" in capsys.readouterr().err
+    record["log_told"] = 2  # the same record, current: its winner is exported
+    (folder / "reevaluation.json").write_text(json.dumps(record))
+    assert main(["report", "grown", "--storage", str(tmp_path)]) == 0
+    assert json.loads((folder / "best_loss.json").read_text())["name"] == "grown-best-7"
+
+
 def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tmp_path, monkeypatch):
     """Only errors raised for bad input exit 2: a FileNotFoundError from inside a command (a lost
     checkpoint, a bug) escapes main() with its traceback (exit 1 from the entry point)."""

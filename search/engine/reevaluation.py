@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from search.engine.evaluations import EvaluationLog
 from trainers.boundary import CandidateResult, PackJob, PackReport, loss_point, same_point
+from trainers.errors import DataWarning
 from trainers.files import read_json, write_json
 
 REEVALUATION_FILE = "reevaluation.json"
@@ -181,8 +183,19 @@ def format_reevaluation(record: dict) -> str:
 
 
 def read_reevaluation(folder: Path) -> dict | None:
+    """The stage's record while it is current; None without one, or when the log has grown since
+    (a resume added evaluations and was stopped before re-evaluating): its winner was chosen among
+    other elites, so exporting it, or ranking its numbers beside the new ones, would mislead."""
     path = Path(folder) / REEVALUATION_FILE
-    return read_json(path, "re-evaluation record") if path.exists() else None
+    if not path.exists():
+        return None
+    record = read_json(path, "re-evaluation record")
+    told = len(EvaluationLog(folder).told())
+    if record.get("log_told", told) != told:
+        warnings.warn(DataWarning(f"{path}: re-evaluated the elites of {record['log_told']} evaluations, the log now "
+                                  f"holds {told}; ignored until `lossforge resume` re-evaluates them"))
+        return None
+    return record
 
 
 def exported_control_note(folder: Path) -> str | None:
