@@ -195,3 +195,37 @@ def test_a_resume_checks_the_checkpoints_it_will_load_not_every_finished_packs(t
     folder = _started_search(tmp_path, "s", asked=4, told=2)  # pack 0 told, pack 1 owed
     (folder / "train" / "reevaluation-4").mkdir(parents=True)
     assert resumed_runs(folder) == [folder / "train" / "pack-00001", folder / "train" / "reevaluation-4"]
+
+
+def test_an_interrupted_search_keeps_its_lock_until_the_command_line_has_stopped_ray(tmp_path, monkeypatch):
+    """Ctrl-C reaches run_search while the run's Ray workers may still write checkpoints into the
+    folder: the lock must outlive them. run_search keeps it on an interrupt (it still frees it on
+    any other exit) and main() frees it only after disconnecting Ray."""
+    import search.cli
+    import search.engine.driver as driver
+
+    order = []
+
+    def interrupted(task, opts, *args):
+        locks.hold(opts.folder())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "_run_search", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        driver.run_search(TASKS["pu"], SearchOptions(name="i", storage=str(tmp_path), budget=2))
+    assert (tmp_path / "i").resolve() in locks._HELD, "released while Ray's workers may still write"
+    locks.release_all()
+
+    def failed(task, opts, *args):
+        locks.hold(opts.folder())
+        raise RuntimeError("a failure")
+
+    monkeypatch.setattr(driver, "_run_search", failed)
+    with pytest.raises(RuntimeError):
+        driver.run_search(TASKS["pu"], SearchOptions(name="f", storage=str(tmp_path), budget=2))
+    assert not locks._HELD
+
+    monkeypatch.setattr(driver, "_run_search", interrupted)
+    monkeypatch.setattr(search.cli, "disconnect_ray", lambda code: order.append(("disconnect", bool(locks._HELD))))
+    assert main(["search", "--name", "c", "--storage", str(tmp_path)]) == 130
+    assert order == [("disconnect", True)] and not locks._HELD

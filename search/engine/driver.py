@@ -82,9 +82,16 @@ def run_search(task, opts: SearchOptions, resume: bool = False, address: str | N
     re-evaluate (PU), report and score once on test. ``searcher_class`` lets a caller substitute
     a :class:`PackSearcher` subclass (tests use it to inject a NaN candidate)."""
     try:
-        return _run_search(task, opts, resume, address, log, searcher_class)
-    finally:
+        summary = _run_search(task, opts, resume, address, log, searcher_class)
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGTERM: the run's Ray workers may still be writing checkpoints into the folder
+        # until Ray is stopped, so the lock stays held; the command line releases it after that.
+        raise
+    except BaseException:
         release_all()
+        raise
+    release_all()
+    return summary
 
 
 def _run_search(task, opts: SearchOptions, resume: bool, address: str | None, log, searcher_class) -> dict:
