@@ -192,9 +192,12 @@ def test_default_model_paraphrases_are_closer():
 
 
 @pytest.mark.slow
-def test_ray_data_pipeline_matches_in_process_and_resumes(tmp_path, tiny_model):
+def test_ray_data_pipeline_matches_in_process_and_resumes(tmp_path, tiny_model, monkeypatch):
     """embed on a (local) Ray cluster: read -> map_batches in an actor pool -> write_parquet, the
-    same embeddings as in-process; a crashed run continues, skipping the files already written."""
+    same embeddings as in-process; a crashed run continues, skipping the files already written,
+    also after the project folder (input and output) moved."""
+    import shutil
+
     import ray
 
     from search.jobs.embed import MANIFEST, run_embed_job
@@ -207,9 +210,10 @@ def test_ray_data_pipeline_matches_in_process_and_resumes(tmp_path, tiny_model):
         _write(src / f"t{i}.parquet", {"id": list(range(20 * i, 20 * i + 20)), "text": texts[20 * i: 20 * i + 20]})
     reference = embed_texts(texts, tiny_model, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    monkeypatch.chdir(tmp_path)
     try:
         out = tmp_path / "out"
-        summary = run_embed_job(str(src), str(out), model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
+        summary = run_embed_job("in", "out", model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
                                 log=lambda m: None)
         assert summary["embedded_now"] == 3 and len(summary["shards"]) >= 3
         table = pq.read_table(out)  # Arrow's own dataset reader skips the manifest and staging names too
@@ -227,13 +231,24 @@ def test_ray_data_pipeline_matches_in_process_and_resumes(tmp_path, tiny_model):
         (out / MANIFEST).write_text(json.dumps(manifest))
         (out / "_wave-00002").mkdir()  # a half-written staging folder
         (out / "_wave-00002" / "junk.parquet").write_bytes(b"half")
-        again = run_embed_job(str(src), str(out), model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
+        again = run_embed_job("in", "out", model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
                               log=lambda m: None)
         assert again["embedded_now"] == 1 and not (out / "_wave-00002").exists()
         assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(60))
+        # The project moved, the same command (relative paths) typed in its new place: nothing to do.
+        project = tmp_path / "moved"
+        project.mkdir()
+        shutil.move(str(src), str(project / "in"))
+        shutil.move(str(out), str(project / "out"))
+        monkeypatch.chdir(project)
+        moved = run_embed_job("in", "out", model_dir=str(tiny_model), dtype="float16", files_per_wave=1,
+                              log=lambda m: None)
+        assert moved["embedded_now"] == 0
+        assert sorted(pq.read_table(project / "out").column("id").to_pylist()) == list(range(60))
+        out = project / "out"
         # Other options into the same folder: refused.
         with pytest.raises(ValueError, match="other options"):
-            run_embed_job(str(src), str(out), model_dir=str(tiny_model), dtype="float32", log=lambda m: None)
+            run_embed_job("in", str(out), model_dir=str(tiny_model), dtype="float32", log=lambda m: None)
         # A blank text inside a shard is one line naming the file and the column.
         bad = tmp_path / "bad"
         bad.mkdir()

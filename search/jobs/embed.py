@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 from trainers.data.storage import (
+    GLOB_CHARS,
     filesystem_for,
     folder_is_empty,
     join,
     list_files,
     move,
     read_bytes,
+    uri_of,
     write_bytes,
 )
 from trainers.errors import DataError, UsageError
@@ -40,6 +42,26 @@ def _manifest(out: str, spec: dict) -> dict:
         raise UsageError(f"--out {out} holds an embedding run with other options ({manifest.get('spec')}); "
                          "use another folder")
     return manifest
+
+
+def input_root(input_path: str, sources: list[str]) -> str:
+    """The folder ``--in`` names its files under (a glob's fixed part, a file's folder, or the
+    folder itself), spelt as the sources are, with a trailing "/"."""
+    _, path = filesystem_for(input_path)
+    if any(ch in path for ch in GLOB_CHARS):
+        head = path[: min(path.index(ch) for ch in GLOB_CHARS if ch in path)]
+        path = head[: head.rfind("/")]
+    elif sources == [uri_of(input_path, path)]:  # --in is one file
+        path = path[: path.rfind("/")]
+    return uri_of(input_path, path.rstrip("/")) + "/"
+
+
+def pending_files(sources: list[str], done: dict, root: str) -> tuple[list[str], dict[str, str]]:
+    """(files still to embed, each source's manifest key). Keys are relative to the input's root,
+    so a project moved between runs continues where it stopped instead of embedding every file
+    again beside its old shards; a manifest from before keyed by absolute path still matches."""
+    keys = {s: s[len(root):] if s.startswith(root) else s for s in sources}
+    return [s for s in sources if keys[s] not in done and s not in done], keys
 
 
 def _clear_staging(out: str) -> None:
@@ -134,7 +156,7 @@ def run_embed_job(input_path: str, out: str, text_column: str = "text", model_di
     spec = {"input": str(input_path), "text_column": text_column, "model": model, "dtype": dtype,
             "max_length": max_length}
     manifest = _manifest(out, spec)
-    pending = [s for s in sources if s not in manifest["done"]]
+    pending, keys = pending_files(sources, manifest["done"], input_root(input_path, sources))
     start_ray(address)
     cpus, gpus = ray.cluster_resources().get("CPU", 1), ray.cluster_resources().get("GPU", 0)
     # Leave a CPU for the read and write tasks: actors holding every CPU would starve them.
@@ -148,7 +170,7 @@ def run_embed_job(input_path: str, out: str, text_column: str = "text", model_di
     for i in range(0, len(pending), per_wave):
         wave = pending[i : i + per_wave]
         names = _wave(wave, out, manifest["waves"], text_column, model, opts, actors, 1.0 if gpus else 0.0)
-        manifest["done"].update({s: names for s in wave})
+        manifest["done"].update({keys[s]: names for s in wave})
         manifest["waves"] += 1
         write_bytes(join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
         log(f"  wave {manifest['waves']}: {len(wave)} file(s) -> {len(names)} shard(s)")

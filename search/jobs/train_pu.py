@@ -89,7 +89,7 @@ def run_train_pu_job(cfg: PUConfig, train: str | None, test: str | None, run_dir
     folder = RunFolder(local_run_folder(run_dir, "--run-dir"), SPEC_FILE, "the same command with --resume")
     fresh = not resume and not folder.path.exists()
     spec = None if resume else {"pu": asdict(cfg), "train": _absolute(train), "test": _absolute(test),
-                                "save": save if save is None else _absolute(save), "out": out, "scaling": asdict(scaling)}
+                                "save": _absolute(save), "out": _absolute(out), "scaling": asdict(scaling)}
     loss_file = cfg.loss if cfg.loss.lower().endswith(".json") else None
     spec, (loss, rows, test_table) = start_run(folder, resume, spec, _pu_inputs(address, overwrite, resume),
                                                [train, test, loss_file], "--run-dir")
