@@ -20,7 +20,7 @@ from search.engine.options import SearchOptions
 from search.engine.resume import record_start
 from search.engine.options import with_task_defaults
 from search.tasks import TASKS
-from trainers.errors import UsageError
+from trainers.errors import DataError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,3 +229,27 @@ def test_an_interrupted_search_keeps_its_lock_until_the_command_line_has_stopped
     monkeypatch.setattr(search.cli, "disconnect_ray", lambda code: order.append(("disconnect", bool(locks._HELD))))
     assert main(["search", "--name", "c", "--storage", str(tmp_path)]) == 130
     assert order == [("disconnect", True)] and not locks._HELD
+
+
+def test_a_search_killed_before_its_start_record_gets_one_on_resume(tmp_path):
+    """search.json is written before the log's start record: a kill between the two left a search
+    whose later edits nothing would catch. Nothing was asked yet, so the resume records the start."""
+    from search.cli import resumed_search
+    from search.engine.driver import prepare_search
+
+    folder = _started_search(tmp_path, "bare", asked=0, told=0)
+    (folder / "evaluations.jsonl").write_text("")  # as a kill right after search.json left it
+    try:
+        prepare_search(*resumed_search("bare", str(tmp_path), None), resume=True)
+    finally:
+        locks.release_all()
+    events = EvaluationLog(folder).events()
+    assert [e["event"] for e in events] == ["start"] and events[0]["fixed"]["order"] == 2
+    spec = json.loads((folder / "search.json").read_text())
+    spec["order"] = 3
+    (folder / "search.json").write_text(json.dumps(spec))
+    try:
+        with pytest.raises(DataError, match="started with 2"):
+            prepare_search(*resumed_search("bare", str(tmp_path), None), resume=True)
+    finally:
+        locks.release_all()

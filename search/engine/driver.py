@@ -66,8 +66,9 @@ def prepare_search(task, opts: SearchOptions, resume: bool):
         opts = replace(opts, train=[normalise(p) for p in opts.train], test=[normalise(p) for p in opts.test])
     _, inputs = start_run(folder, resume, spec_of(opts), read_inputs, opts.train + opts.test, "--storage/--name",
                           resumed_runs(folder.path) if resume else None)
-    if not resume:
-        record_start(EvaluationLog(folder.path), opts)
+    log = EvaluationLog(folder.path)
+    if not resume or not log.events():  # a kill between writing search.json and this line left no start record
+        record_start(log, opts)
     return opts, inputs
 
 
