@@ -253,3 +253,59 @@ def test_a_search_killed_before_its_start_record_gets_one_on_resume(tmp_path):
             prepare_search(*resumed_search("bare", str(tmp_path), None), resume=True)
     finally:
         locks.release_all()
+
+
+def test_a_remote_fuse_or_nolock_nfs_folder_takes_the_lease_not_the_os_lock(tmp_path, monkeypatch):
+    """s3fs, gcsfuse and NFS mounted nolock grant flock without error but only on this machine:
+    the mount table sends such folders to the lease, which other hosts see."""
+    mounts = "\n".join([
+        "/dev/sda1 / ext4 rw,relatime 0 0",
+        "s3fs /mnt/bucket fuse.s3fs rw,nosuid 0 0",
+        "gcs /mnt/my\\040gcs fuse.gcsfuse rw 0 0",
+        "srv:/export /mnt/nfs nfs4 rw,local_lock=none 0 0",
+        "srv:/old /mnt/oldnfs nfs rw,nolock 0 0",
+        "fuse-overlayfs /mnt/overlay fuse.fuse-overlayfs rw 0 0",
+    ])
+    assert locks.os_locks_hold(Path("/home/u/results"), mounts)
+    assert not locks.os_locks_hold(Path("/mnt/bucket/results/s"), mounts)
+    assert not locks.os_locks_hold(Path("/mnt/my gcs/s"), mounts)
+    assert locks.os_locks_hold(Path("/mnt/nfs/s"), mounts)
+    assert not locks.os_locks_hold(Path("/mnt/oldnfs/s"), mounts)
+    assert locks.os_locks_hold(Path("/mnt/overlay/s"), mounts)  # a local FUSE: flock holds
+    assert locks.os_locks_hold(Path("/mnt/bucketx/s"), mounts)  # a prefix of the name is not the mount
+
+    monkeypatch.setattr(locks, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(locks, "os_locks_hold", lambda folder: False)
+    lock = locks.RunLock(tmp_path / "run").acquire()
+    try:
+        assert lock.lease and (tmp_path / "run" / locks.LEASE_FILE).exists()
+        with pytest.raises(UsageError, match="in use by"):
+            locks.RunLock(tmp_path / "run").acquire()
+    finally:
+        lock.release()
+
+
+def test_the_lease_heartbeat_survives_a_failed_write(tmp_path, monkeypatch):
+    """One failed renewal (object storage hiccups) must not end the heartbeat: the lease would
+    expire and another command take the folder while this one still writes."""
+    real, calls = locks.write_json, []
+
+    def flaky(path, value):
+        calls.append(value["heartbeat"])
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real(path, value)
+
+    monkeypatch.setattr(locks, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(locks, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(locks, "write_json", flaky)
+    lock = locks.RunLock(tmp_path / "run", lease=True).acquire()
+    try:
+        deadline = time.time() + 10
+        while len(calls) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 4, "the heartbeat stopped at the failed write"
+        on_disk = json.loads((tmp_path / "run" / locks.LEASE_FILE).read_text())
+        assert on_disk["heartbeat"] > calls[1]
+    finally:
+        lock.release()

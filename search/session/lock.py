@@ -8,7 +8,8 @@ supports:
 - **local and network disks**: an OS lock (``fcntl.flock``) on ``lossforge.lock``. The kernel
   drops it when its process dies however it dies (SIGKILL, a crash), so a stale lock is simply
   taken by the next command; the file itself only records the last holder, for the message.
-- **object storage mounted as a file system** (s3fs, gcsfuse and the like: no OS locks): a lease,
+- **object storage mounted as a file system** (s3fs, gcsfuse and the like: no OS locks, or OS locks
+  that hold only on this machine, which :func:`os_locks_hold` tells from the mount table): a lease,
   ``lossforge.lease``, a JSON object ``{"owner", "pid", "host", "command", "since", "heartbeat",
   "expires"}``. The holder renews it every :data:`HEARTBEAT_SECONDS`; a lease whose ``expires`` is
   past (its holder was killed, or lost the storage for :data:`LEASE_SECONDS`) is taken over. A
@@ -37,6 +38,9 @@ LEASE_SECONDS = 60.0
 HEARTBEAT_SECONDS = 15.0
 SETTLE_SECONDS = 2.0  # a lease taker's wait before it reads its lease back
 NO_OS_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+# FUSE file systems of object stores and remote disks: the kernel grants flock on them without
+# error, but only on this machine, so two hosts would both "hold" the lock.
+REMOTE_FUSE = ("s3fs", "gcsfuse", "goofys", "geesefs", "rclone", "mountpoint-s3", "blobfuse", "sshfs", "juicefs")
 
 
 def _holder() -> dict:
@@ -58,6 +62,33 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def os_locks_hold(folder: Path, mounts: str | None = None) -> bool:
+    """Whether an OS lock on ``folder`` also excludes other machines. Not on a remote FUSE mount
+    (:data:`REMOTE_FUSE`), nor on NFS mounted ``nolock`` or with ``local_lock`` other than none:
+    there the lease is used. ``mounts``: the text of /proc/self/mounts (read when None; where there
+    is none, as on macOS, OS locks are trusted)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return True
+    path, best = str(Path(folder).resolve()), ("", "", "")
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best[0]):
+            best = (point, fields[2], fields[3])
+    _, fstype, options = best
+    if fstype.startswith("fuse") and any(name in fstype for name in REMOTE_FUSE):
+        return False
+    opts = options.split(",")
+    return not (fstype.startswith("nfs") and ("nolock" in opts or any(o.startswith("local_lock=") and o != "local_lock=none"
+                                                                       for o in opts)))
+
+
 class RunLock:
     """``RunLock(folder).acquire()`` or raise UsageError naming the holder; held until
     :meth:`release` or the process ends. ``lease=True`` forces the lease (tests, or a file system
@@ -75,6 +106,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.lease = self.lease or not os_locks_hold(self.folder)
         if not self.lease:
             import fcntl
 
@@ -120,7 +152,10 @@ class RunLock:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             if (_read(path) or {}).get("owner") not in (self._owner, None):
                 return  # taken over (this process stalled past the expiry): never write over the taker
-            write_json(path, self._lease())
+            try:
+                write_json(path, self._lease())
+            except OSError:
+                continue  # a storage hiccup: renew at the next beat (the lease lasts 4 beats), never stop renewing
 
     def release(self) -> None:
         self._stop.set()
