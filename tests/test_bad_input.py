@@ -144,6 +144,8 @@ def world(tmp_path_factory):
     write_embeddings(d / "good" / "a.parquet", X[:30], label=LABEL[:30])
     write_embeddings(d / "good" / "b.parquet", X[30:], label=LABEL[30:])
     write_embeddings(d / "test.parquet", X, label=LABEL)
+    write_embeddings(d / "mixedid" / "a.parquet", X[:30], id=np.arange(30, dtype=np.int32))
+    write_embeddings(d / "mixedid" / "b.parquet", X[30:], id=np.arange(30, 60, dtype=np.int64))
     write_embeddings(d / "test8.parquet", X[:, :8], label=LABEL)
     write_embeddings(d / "nolabel_test.parquet", X, labelled=LABEL)
     write_embeddings(d / "allpos.parquet", X, labelled=LABEL, label=np.ones(60, np.int8))
@@ -355,6 +357,10 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("train-pu --save a file", ["train-pu", "--save", "{W}/out/afile"], ["--save", "afile", "is a file"]),
         ("train-pu --run-dir inside --train", ["train-pu", "--workers", "1", "--train", D, "--run-dir",
                                                "{W}/data/good/run"], ["--run-dir", "input"]),
+        ("predict --id-column score", ["predict", "--model", "{W}/models/clf", "--data", D, "--out", "{W}/out/p.parquet",
+                                       "--id-column", "score"], ["--id-column", "'score'"]),
+        ("predict ids of two types", ["predict", "--model", "{W}/models/clf", "--data", "{W}/data/mixedid", "--out",
+                                      "{W}/out/p.parquet", "--id-column", "id"], ["b.parquet", "column 'id'", "int32"]),
         ("predict --out inside --model", ["predict", "--model", "{W}/models/clf", "--data", D, "--out",
                                           "{W}/models/clf/scores.parquet"], ["--out", "input"]),
         ("predict --out the --model folder", ["predict", "--model", "{W}/models/clf", "--data", D, "--out",
@@ -525,6 +531,15 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
                                         "--out", "{W}/out/s.parquet"], ["head.pt"]),
         ("score-pairs a crafted head", ["score-pairs", "--model", "{W}/scorers/craftedhead", "--data", "{W}/pairs/good.jsonl",
                                         "--out", "{W}/out/s.parquet"], ["head.pt", "refused"]),
+        ("score-pairs --batch-size 0", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/good.jsonl",
+                                        "--out", "{W}/out/s.parquet", "--batch-size", "0"], ["--batch-size", "at least 1"]),
+        ("score-pairs --device gpu", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/good.jsonl",
+                                      "--out", "{W}/out/s.parquet", "--device", "gpu"], ["--device", "'gpu'"]),
+        ("train-dpo --mode pair --cache-dir under a file", ["train-dpo", "--mode", "pair", "--cache-dir",
+                                                            "{W}/pairs/good.jsonl/states", "--out", "{W}/out/d1"],
+         ["--cache-dir", "is a file"]),
+        ("train-dpo --val-frac holds out every prompt", ["train-dpo", "--train", "{W}/pairs/good.jsonl", "--val-frac",
+                                                         "0.99", "--out", "{W}/out/d1"], ["good.jsonl", "--val-frac"]),
         ("score-pairs bad pairs", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/half.jsonl",
                                    "--out", "{W}/out/s.parquet"], ["half.jsonl", "'rejected'"]),
         ("score-pairs missing data", ["score-pairs", "--model", "{W}/scorers/ok", "--data", "{W}/pairs/nowhere.jsonl",

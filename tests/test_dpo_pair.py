@@ -297,18 +297,44 @@ class _Payload:
 def test_a_pair_scorers_head_is_read_as_data_never_run(tmp_path):
     """A scorer folder is handed between users: a crafted ``pair_judge.pt`` is refused in one line
     and its payload never runs (torch < 2.6, which the package accepts, unpickles by default);
-    a torch file of the wrong weights is a clear error too."""
+    a torch file of the wrong weights is a clear error too. Also: one scoring call larger than
+    the answer cache."""
     from trainers.errors import DataError
     from trainers.pair import JUDGE_FILE
 
     cfg = tiny_cfg(tmp_path)
     prep = prepare_pair(cfg, synthetic_pairs(40), "cpu")
     save_pair_scorer(tmp_path / "scorer", cfg, prep.model.judge.state_dict(), {"loss": "dpo", "reward_scale": 1.0, "beta": 1.0})
-    assert isinstance(PreferenceScorer.load(tmp_path / "scorer"), PairScorer)
+    scorer = PreferenceScorer.load(tmp_path / "scorer")
+    assert isinstance(scorer, PairScorer)
+    # One call with more distinct answers than the answer cache holds: served, not a KeyError.
+    texts = ["one answer", "another", "a third one", "and a fourth"]
+    whole = scorer.answer_states(texts)
+    small = PreferenceScorer.load(tmp_path / "scorer")
+    small.answer_cache = 2
+    torch.testing.assert_close(small.answer_states(texts), whole)
     torch.save({"head.0.weight": _Payload(tmp_path / "pwned")}, tmp_path / "scorer" / JUDGE_FILE)
     with pytest.raises(DataError, match="refused") as refused:
         PreferenceScorer.load(tmp_path / "scorer")
     assert "\n" not in str(refused.value) and not (tmp_path / "pwned").exists()
     torch.save({"head.0.weight": torch.zeros(2, 2)}, tmp_path / "scorer" / JUDGE_FILE)
     with pytest.raises(DataError, match="not this scorer's weights"):
+        PreferenceScorer.load(tmp_path / "scorer")
+
+
+@pytest.mark.parametrize("edit, field", [({"top_layers": 99}, "top_layers"), ({"top_layers": "x"}, "top_layers"),
+                                         ({"window": 0}, "window"), ({"max_windows": None}, "max_windows"),
+                                         ({"quantize_lower": None}, "quantize_lower")])
+def test_a_pair_scorer_json_with_a_bad_field_is_one_line_naming_it(tmp_path, edit, field):
+    import json
+
+    from trainers.errors import DataError
+
+    cfg = tiny_cfg(tmp_path)
+    prep = prepare_pair(cfg, synthetic_pairs(40), "cpu")
+    save_pair_scorer(tmp_path / "scorer", cfg, prep.model.judge.state_dict(), {"loss": "dpo", "reward_scale": 1.0, "beta": 1.0})
+    meta = json.loads((tmp_path / "scorer" / "scorer.json").read_text())
+    meta = {k: v for k, v in {**meta, **edit}.items() if v is not None}
+    (tmp_path / "scorer" / "scorer.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=f"scorer.json, field '{field}'"):
         PreferenceScorer.load(tmp_path / "scorer")

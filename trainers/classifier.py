@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from trainers.data.storage import join, read_bytes, write_bytes
-from trainers.errors import DataError
+from trainers.errors import DataError, UsageError
 
 FORMAT = "lossforge-pu-classifier"
 VERSION = 1
@@ -162,15 +162,27 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
 # -- scoring files ----------------------------------------------------------------------------------
 
 
+OUTPUT_COLUMNS = ("score", "prediction")
+
+
 def check_scorable(clf: PUClassifier, shards, id_column: str | None) -> None:
     """Every shard has the id column and (where the schema says) the classifier's dimension:
     checked from the footers, before any work."""
     from trainers.data.shards import EMBEDDING, parquet_file
 
+    if id_column in OUTPUT_COLUMNS:
+        raise UsageError(f"--id-column {id_column!r} is a column the predictions are written to; pick another")
+    id_types = {}
     for shard in shards.shards:
         if id_column is not None and id_column not in shard.names:
             raise DataError(shard.source, f"missing column; found {sorted(shard.names)}", id_column)
-        typ = parquet_file(shard.source).schema_arrow.field(EMBEDDING).type
+        schema = parquet_file(shard.source).schema_arrow
+        if id_column is not None:
+            id_types.setdefault(str(schema.field(id_column).type), shard.source)
+            if len(id_types) > 1:  # one output file cannot hold two types of id: refused before any work
+                raise DataError(shard.source, f"has type {schema.field(id_column).type}, but {next(iter(id_types.values()))} "
+                                              f"has {next(iter(id_types))}", id_column)
+        typ = schema.field(EMBEDDING).type
         if hasattr(typ, "list_size") and typ.list_size != clf.dim:
             raise DataError(shard.source, f"embeddings have dimension {typ.list_size}, the classifier {clf.source} "
                                           f"expects {clf.dim}", EMBEDDING)

@@ -86,12 +86,13 @@ def save_cross_scorer(folder: str | Path, cfg: DPOConfig, best_state: dict, meta
 
 
 def load_cross_model(folder: str | Path, meta: dict) -> tuple[CrossModel, DPOConfig]:
-    from trainers.models.preference import load_backbone
+    from trainers.models.preference import load_backbone, scorer_int
     from trainers.pair import load_judge_head
 
     folder = Path(folder)
-    cfg = replace(DPOConfig(mode="cross", model=str(folder)), max_length=int(meta["max_length"]),
-                  max_prompt_length=int(meta["max_prompt_length"]))
+    prompt = scorer_int(meta, folder, "max_prompt_length", 0)
+    cfg = replace(DPOConfig(mode="cross", model=str(folder)), max_length=scorer_int(meta, folder, "max_length", prompt + 4),
+                  max_prompt_length=prompt)
     backbone, tokenizer = load_backbone(folder, "encoder")
     model = build_cross_model(cfg, backbone, tokenizer)
     load_judge_head(model.judge, folder)

@@ -495,11 +495,17 @@ def load_judge_head(judge: torch.nn.Module, folder: Path) -> None:
 
 
 def load_pair_model(folder: str | Path, meta: dict) -> tuple[PairModel, DPOConfig]:
+    from trainers.errors import DataError
+    from trainers.models.preference import scorer_int
+
     folder = Path(folder)
-    cfg = DPOConfig(mode="pair", model=str(folder), top_layers=int(meta["top_layers"]), window=int(meta["window"]),
-                    max_windows=int(meta["max_windows"]), quantize_lower=bool(meta["quantize_lower"]),
-                    bf16=bool(meta.get("bf16", False)))
+    window, max_windows = scorer_int(meta, folder, "window", 1), scorer_int(meta, folder, "max_windows", 1)
+    if "quantize_lower" not in meta:  # how the scorer's lower layers ran when it was trained
+        raise DataError(folder / "scorer.json", "missing", "quantize_lower", kind="field")
     backbone, tokenizer = load_backbone(folder, "encoder")
+    top_layers = scorer_int(meta, folder, "top_layers", 1, len(backbone.encoder.layer))
+    cfg = DPOConfig(mode="pair", model=str(folder), top_layers=top_layers, window=window, max_windows=max_windows,
+                    quantize_lower=bool(meta["quantize_lower"]), bf16=bool(meta.get("bf16", False)))
     model = build_pair_model(cfg, backbone, tokenizer)
     load_judge_head(model.judge, folder)
     return model, cfg

@@ -25,10 +25,27 @@ from trainers.models.preference import (
 
 
 def serving_device(device: str) -> str:
-    """``auto``: the GPU where torch sees one (a cross-mode scorer is slow on CPUs), else the CPU."""
+    """``auto``: the GPU where torch sees one (a cross-mode scorer is slow on CPUs), else the CPU.
+    A device torch cannot name, or CUDA where torch sees none, is a UsageError naming --device."""
+    from trainers.config import _cuda_check
+    from trainers.errors import UsageError
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device: {device!r} is not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+    _cuda_check(device)
     return device
+
+
+def check_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        from trainers.errors import UsageError
+
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
 
 
 class PreferenceScorer:
@@ -41,7 +58,7 @@ class PreferenceScorer:
     def load(cls, folder: str | Path, device: str = "auto", batch_size: int = 64):
         """The scorer in ``folder``: this class, or a :class:`PairScorer` (:class:`CrossScorer`) for
         a pair-mode (cross-mode) one, on ``device`` (``auto``: see :func:`serving_device`)."""
-        device = serving_device(device)
+        device, batch_size = serving_device(device), check_batch_size(batch_size)
         judge = JUDGE_SCORERS.get(judge_mode(folder))
         if judge is not None:
             return judge.load(folder, device, batch_size)
@@ -139,9 +156,10 @@ class PairScorer:
             part = new[start:start + self.batch_size]
             for text, h in zip(part, encode_raw(self.model, part, self.cfg, self.device)):
                 self._h[text] = h
+        states = torch.stack([self._h[t] for t in texts]) if texts else torch.zeros(0)
         if len(self._h) > self.answer_cache:
-            self._h.clear()
-        return torch.stack([self._h[t] for t in texts]) if texts else torch.zeros(0)
+            self._h.clear()  # after reading this call's states: one call may hold more than the cache
+        return states
 
     def side_features(self, texts: list[str]) -> torch.Tensor:
         """The judge's side features of ``texts`` (lengths counted before any truncation)."""

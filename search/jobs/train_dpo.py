@@ -117,6 +117,7 @@ def _dpo_inputs(address: str | None):
     """Validate the options and read the pairs (and check the model folder) before anything is written."""
 
     def read(spec: dict):
+        from trainers.files import check_writable_folder
         from trainers.models.preference import check_preference_model
 
         cfg, scaling = DPOConfig(**spec["dpo"]), Scaling(**spec["scaling"])
@@ -128,6 +129,11 @@ def _dpo_inputs(address: str | None):
             if not torch.cuda.is_available():
                 raise UsageError("--gpus-per-worker > 0 but this machine has no CUDA device (pass --address for a GPU cluster)")
         check_preference_model(cfg)
+        if cfg.mode == "pair" and address is None:  # on a cluster the cache lives on the workers' machines
+            try:
+                check_writable_folder(cfg.cache_dir)
+            except UsageError as err:
+                raise UsageError(f"--cache-dir: {err}") from None
         if spec["train"] is None:
             if spec["test"] is not None:
                 raise UsageError("--test needs --train (the built-in default brings its own test split)")
@@ -174,8 +180,9 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     from trainers.data.storage import write_bytes, write_parquet
     from trainers.data.pairs import pairs_from_table
     from trainers.data.shards import read_records
-    from trainers.scorer import PreferenceScorer
+    from trainers.scorer import PreferenceScorer, check_batch_size, serving_device
 
+    check_batch_size(batch_size), serving_device(device)  # before reading anything
     target = check_output_file(out, [data, scorer_folder], overwrite, (".parquet", ".jsonl"))
     table = read_records(data, text_columns=("prompt", "instruction", "chosen", "rejected", "output_a", "output_b"))
     pairs = pairs_from_table(table, str(data), need_labels=False)

@@ -156,6 +156,9 @@ def split_by_prompt(pairs: PreferencePairs, val_frac: float, seed: int) -> tuple
     rng = np.random.default_rng(seed)
     shuffled = [prompts[i] for i in rng.permutation(len(prompts))]
     n_val = max(1, int(round(val_frac * len(prompts))))
+    if n_val >= len(prompts):
+        raise DataError(pairs.source, f"--val-frac {val_frac} of {len(prompts)} prompts holds out every prompt: "
+                                      "lower --val-frac or give more prompts")
     held = set(shuffled[:n_val])
     is_val = np.array([t in held for t in pairs.prompt])
     return pairs.take(np.flatnonzero(~is_val)), pairs.take(np.flatnonzero(is_val))

@@ -257,6 +257,18 @@ def save_scoring_model(model: nn.Module, tokenizer, folder: str | Path, meta: di
 SCORER_FIELDS = ("mode", "reward_scale", "max_length", "max_prompt_length")
 
 
+def scorer_int(meta: dict, folder: str | Path, name: str, least: int, most: int | None = None) -> int:
+    """An integer field of a scorer's ``scorer.json`` in [least, most], or a DataError naming it
+    (the pair and cross scorers read theirs beyond :data:`SCORER_FIELDS`)."""
+    if name not in meta:
+        raise DataError(Path(folder) / SCORER_FILE, "missing", name, kind="field")
+    value = meta[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least or (most is not None and value > most):
+        bound = f"between {least} and {most}" if most is not None else f">= {least}"
+        raise DataError(Path(folder) / SCORER_FILE, f"must be an integer {bound}, got {value!r}", name, kind="field")
+    return value
+
+
 def load_scoring_model(folder: str | Path) -> tuple[nn.Module, object, dict]:
     folder = Path(folder)
     if not (folder / SCORER_FILE).is_file():
