@@ -144,3 +144,14 @@ def test_train_pu_records_its_validation_and_selects_on_the_labelled_set():
     plain = train_pu(replace(cfg, val_size=0), train, test)
     assert plain["fitness"] == "pu_auc" and plain["validation"].startswith("PU only")
     assert LabelledSet  # exported for users of the Python API
+
+
+def test_kmeans_assigns_in_blocks_exactly_as_in_one_pass():
+    """sar-group's k-means assigns rows a block at a time (bounded memory on large sets) with the
+    same result as one [N, k, dim] pass, so seeded labellings do not change."""
+    from trainers.data.pu import _nearest
+
+    rng = np.random.default_rng(0)
+    x, centres = rng.normal(size=(5000, 16)), rng.normal(size=(6, 16))
+    whole = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(_nearest(x, centres, rows=333), whole) and np.array_equal(_nearest(x, centres), whole)

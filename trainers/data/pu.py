@@ -275,9 +275,16 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 25
         centres.append(x[rng.choice(len(x), p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(len(x))])
     centres = np.array(centres)
     for _ in range(iterations):
-        ids = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        ids = _nearest(x, centres)
         centres = np.array([x[ids == j].mean(0) if (ids == j).any() else centres[j] for j in range(k)])
     return ids
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """Each row's nearest centre, a block of rows at a time: the same sums as one [N, k, dim]
+    difference, without holding it (a million 768-d positives would need 37 GB)."""
+    return np.concatenate([np.argmin(((x[i:i + rows, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+                           for i in range(0, len(x), rows)]) if len(x) else np.zeros(0, dtype=np.int64)
 
 
 def _calibrate(propensity, n: int) -> np.ndarray:

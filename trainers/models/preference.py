@@ -95,6 +95,9 @@ def check_preference_model(cfg) -> None:
         positions = getattr(backbone.config, "max_position_embeddings", None)
         if cfg.mode == "cross" and positions is not None and cfg.max_length > positions:
             raise UsageError(f"--max-length {cfg.max_length}: the model reads at most {positions} tokens")
+        if cfg.mode == "pair" and positions is not None and cfg.window + 2 > positions:  # [CLS] window [SEP]
+            raise UsageError(f"--window {cfg.window}: the model reads at most {positions} tokens, so a window holds "
+                             f"at most {positions - 2}")
     if cfg.mode == "cross" and layers is None:
         raise UsageError("--mode cross needs a BERT-style encoder (token types, encoder.layer); this model is not one")
     if cfg.mode == "pair" and (layers is None or cfg.top_layers > len(layers)):
