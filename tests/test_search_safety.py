@@ -266,7 +266,7 @@ def test_a_remote_fuse_or_nolock_nfs_folder_takes_the_lease_not_the_os_lock(tmp_
         "srv:/old /mnt/oldnfs nfs rw,nolock 0 0",
         "fuse-overlayfs /mnt/overlay fuse.fuse-overlayfs rw 0 0",
     ])
-    assert locks.os_locks_hold(Path("/home/u/results"), mounts)
+    assert locks.os_locks_hold(Path("/results/run"), mounts)
     assert not locks.os_locks_hold(Path("/mnt/bucket/results/s"), mounts)
     assert not locks.os_locks_hold(Path("/mnt/my gcs/s"), mounts)
     assert locks.os_locks_hold(Path("/mnt/nfs/s"), mounts)

@@ -182,15 +182,16 @@ def format_reevaluation(record: dict) -> str:
     return "\n".join(lines)
 
 
-def read_reevaluation(folder: Path) -> dict | None:
+def read_reevaluation(folder: Path, told: int | None = None) -> dict | None:
     """The stage's record while it is current; None without one, or when the log has grown since
     (a resume added evaluations and was stopped before re-evaluating): its winner was chosen among
-    other elites, so exporting it, or ranking its numbers beside the new ones, would mislead."""
+    other elites, so exporting it, or ranking its numbers beside the new ones, would mislead.
+    ``told``: the log's told count where the caller has read the log already."""
     path = Path(folder) / REEVALUATION_FILE
     if not path.exists():
         return None
     record = read_json(path, "re-evaluation record")
-    told = len(EvaluationLog(folder).told())
+    told = len(EvaluationLog(folder).told()) if told is None else told
     if record.get("log_told", told) != told:
         warnings.warn(DataWarning(f"{path}: re-evaluated the elites of {record['log_told']} evaluations, the log now "
                                   f"holds {told}; ignored until `lossforge resume` re-evaluates them"))

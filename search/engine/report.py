@@ -48,7 +48,7 @@ def write_report(folder: str | Path, task, opts: SearchOptions, plots: bool = Tr
                                   f"{' ...' if len(twice) > 10 else ''} were told more than once (two commands wrote "
                                   "this search at once); the first result of each counts"))
     board = leaderboard(evaluations)
-    reevaluation = read_reevaluation(folder)
+    reevaluation = read_reevaluation(folder, told=len(board))
     _write_leaderboard(folder / "leaderboard.csv", board, space.names(), reevaluation)
     chosen = best_candidate(folder, board, reevaluation)
     best = None

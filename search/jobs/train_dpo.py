@@ -182,7 +182,8 @@ def score_pairs_file(scorer_folder: str, data: str, out: str, batch_size: int = 
     from trainers.data.shards import read_records
     from trainers.scorer import PreferenceScorer, check_batch_size, serving_device
 
-    check_batch_size(batch_size), serving_device(device)  # before reading anything
+    check_batch_size(batch_size)  # both before reading anything
+    serving_device(device)
     target = check_output_file(out, [data, scorer_folder], overwrite, (".parquet", ".jsonl"))
     table = read_records(data, text_columns=("prompt", "instruction", "chosen", "rejected", "output_a", "output_b"))
     pairs = pairs_from_table(table, str(data), need_labels=False)
