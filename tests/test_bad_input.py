@@ -288,6 +288,8 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
         ("train-pu --prior 0", ["train-pu", "--prior", "0"], ["--prior"]),
         ("train-pu --labelled-frac 0", ["train-pu", "--labelled-frac", "0"], ["--labelled-frac"]),
         ("train-pu --labelled-frac 1.5", ["train-pu", "--labelled-frac", "1.5"], ["--labelled-frac"]),
+        ("train-pu --labelled-frac that draws one positive", ["train-pu", "--labelled-frac", "0.0001"],
+         ["--labelled-frac 0.0001 draws 1", "at least 0.00062"]),
         ("train-pu --val-frac 1", ["train-pu", "--val-frac", "1"], ["--val-frac"]),
         # a labelled validation set (--val FILE, or --val-size N rows of benchmark data) and the labelling
         ("train-pu --val missing file", ["train-pu", "--train", D, "--val", "{W}/data/missing.parquet"], ["missing.parquet"]),
@@ -415,6 +417,10 @@ def corpus() -> list[tuple[str, list[str], list[str]]]:
          ["test8", "dimension"]),
         ("search pu_f1 without a prior", ["search", "--name", "x", *S, "--train", "{W}/data/nolabel_test.parquet",
                                           "--fitness", "pu_f1"], ["--prior"]),
+        ("search an exact upu control without a prior", ["search", "--name", "x", *S, "--train",
+                                                         "{W}/data/nolabel_test.parquet", "--controls", "pan,upu",
+                                                         "--exact-controls"],
+         ["--controls upu", "--prior", "--no-exact-controls"]),
         ("search --task dpo two --train", ["search", "--name", "x", *S, "--task", "dpo", "--train", "{W}/pairs/good.jsonl",
                                            "--train", "{W}/pairs/good.jsonl"], ["one --train"]),
         ("search --task dpo bad pairs", ["search", "--name", "x", *S, "--task", "dpo", "--train", "{W}/pairs/label3.jsonl"],
@@ -648,6 +654,47 @@ def test_report_ignores_a_reevaluation_of_an_older_log(tmp_path, capsys):
     (folder / "reevaluation.json").write_text(json.dumps(record))
     assert main(["report", "grown", "--storage", str(tmp_path)]) == 0
     assert json.loads((folder / "best_loss.json").read_text())["name"] == "grown-best-7"
+
+
+def test_a_control_that_won_the_reevaluation_is_exported_as_the_exact_loss_and_trains_as_it(tmp_path, capsys):
+    """With exact controls (the default) a control that wins is exported by name, not as its
+    Taylor point: train-pu --loss best_loss.json then trains that very loss."""
+    folder = _search_folder(tmp_path, "kept")
+    naive = {"id": -2, "source": "control:naive", "exact": "naive", "vector": [1.0] * 22, "search_fitness": None,
+             "reevaluated_fitness": 0.0, "se": 0.0, "lcb": 0.0, "status": "ok"}
+    loser = {**naive, "id": 1, "source": "optimizer", "search_fitness": 0.1, "reevaluated_fitness": -0.2, "lcb": -0.3}
+    loser.pop("exact")
+    record = {"members_per_candidate": 4, "z": 1.0, "rows": [naive, loser], "winner": -2, "shrinkage": 0.3,
+              "log_told": 2}
+    (folder / "reevaluation.json").write_text(json.dumps(record))
+    (folder / "loss_slices.png").write_bytes(b"an earlier export's plot")
+    assert main(["report", "kept", "--storage", str(tmp_path)]) == 0
+    exported = json.loads((folder / "best_loss.json").read_text())
+    assert exported == {"family": "exact", "format_version": 1, "loss": "naive", "name": "kept-best--2"}
+    assert (folder / "best_loss.txt").read_text().startswith("naive: the exact hand-made loss")
+    assert not (folder / "loss_slices.png").exists(), "no plot of a polynomial that was not exported"
+    capsys.readouterr()
+    assert main(["train-pu", "--smoke-test", "--loss", str(folder / "best_loss.json")]) == 0
+    assert "loss naive" in capsys.readouterr().out
+    exported["loss"] = "oracle"  # needs the truth: not a loss a user trains
+    (folder / "best_loss.json").write_text(json.dumps(exported))
+    assert main(["train-pu", "--smoke-test", "--loss", str(folder / "best_loss.json")]) == 2
+    assert "best_loss.json" in capsys.readouterr().err
+
+
+def test_a_search_from_before_exact_controls_resumes_with_its_taylor_controls(tmp_path):
+    """search.json without ``exact_controls`` is a search whose controls were Taylor points: a
+    resume must keep them, or its new margins would not compare with the logged ones."""
+    from search.tasks import load_search
+
+    old = _search_folder(tmp_path, "old")
+    spec = json.loads((old / "search.json").read_text())
+    assert spec["task_options"].pop("exact_controls") is None, "new searches: exact with labelled rows"
+    (old / "search.json").write_text(json.dumps(spec))
+    assert load_search(old)[1].task_options.controls_exact() is False
+    spec["task_options"]["val_size"] = 200  # labelled rows, yet Taylor controls: the search it was
+    (old / "search.json").write_text(json.dumps(spec))
+    assert load_search(old)[1].task_options.controls_exact() is False
 
 
 def test_a_missing_internal_file_is_our_failure_with_its_traceback_not_exit_2(tmp_path, monkeypatch):

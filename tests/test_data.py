@@ -23,6 +23,14 @@ def test_reads_file_folder_and_glob(tmp_path, pu_parquet):
     np.testing.assert_array_equal(globbed.label, folder.label)
 
 
+def test_a_glob_star_stays_in_its_folder_as_in_a_shell_and_double_star_descends(tmp_path):
+    write_embeddings(tmp_path / "data" / "a.parquet", X, label=LABEL)
+    write_embeddings(tmp_path / "data" / "old" / "b.parquet", X[:5], label=LABEL[:5])
+    assert len(read_table(str(tmp_path / "data" / "*.parquet"))) == 20, "old/b.parquet is not *.parquet"
+    assert len(read_table(str(tmp_path / "data" / "**" / "*.parquet"))) == 25
+    assert len(read_table(str(tmp_path / "data" / "*" / "*.parquet"))) == 5
+
+
 def test_variable_length_lists_and_float16_are_accepted(tmp_path):
     emb = pa.array([row.astype(np.float16).tolist() for row in X], type=pa.list_(pa.float16()))
     pq.write_table(pa.table({"embedding": emb, "labelled": pa.array(LABEL)}), tmp_path / "f.parquet")

@@ -126,6 +126,17 @@ def test_pair_mode_search_trains_over_one_cache_and_scores_best_and_dpo_on_test(
     assert json.loads((folder / "search.json").read_text())["task_options"]["mode"] == "pair"
 
 
+def test_a_diverged_train_dpo_is_one_line_naming_lr_and_its_epoch_line_says_diverged(tmp_path, local_ray, capsys):
+    from search.cli import main
+
+    assert main(["train-dpo", "--smoke-test", "--lr", "1e4", "--out", str(tmp_path / "run")]) == 2
+    captured = capsys.readouterr()
+    assert "epoch 1/1  diverged" in captured.out and "Traceback" not in captured.err
+    (line,) = captured.err.strip().splitlines()
+    assert "diverged" in line and "--lr 10000" in line and "no scorer was saved" in line
+    assert not (tmp_path / "run" / "scorer").exists()
+
+
 def test_train_dpo_with_two_data_parallel_workers(tmp_path, local_ray):
     from search.session.ray_session import Scaling
     from search.jobs.train_dpo import run_train_dpo

@@ -14,7 +14,7 @@ from trainers.data.pu import PUData, split_entropy
 from trainers.data.synthetic import SyntheticSpec, synthetic_pu_problem
 from trainers.losses.seeds import taylor_point
 from trainers.losses.taylor import exponents, num_coefficients
-from trainers.pu import Objective, TrainTensors, build_population, train_epoch
+from trainers.pu import Objective, TrainTensors, build_population, selector_scores, train_epoch
 from trainers.pu_pack import (
     REEVALUATION_STREAM, SEARCH_STREAM, PackState, PUPackPlan, load_dataset, run_pack, selector_can_rank,
 )
@@ -74,6 +74,39 @@ def test_a_candidate_identical_to_the_best_control_has_a_margin_of_exactly_zero(
     assert state.results[best_twin].details["sd"][0] == 0.0
     control = state.results[best_twin].details["control"][0]
     assert state.results[best_twin].details["metric"][0] == pytest.approx(control)
+
+
+def test_an_exact_control_member_trains_as_that_loss_alone_and_its_taylor_point_is_another_loss(plan):
+    """A control with ``"exact"`` trains the hand-made loss itself inside the Taylor population:
+    the same selector as a population of that loss alone (same seed, batches, initial weights),
+    so a candidate at its Taylor point is compared with the real loss, not with itself."""
+    table, _ = synthetic_pu_problem(SyntheticSpec(n_train=1200, n_test=10))
+    data = PUData.from_table(table, 0.2, 0)
+    tensors = TrainTensors.from_folds(data, [data.fold(0.2, split_entropy(0, 1, 0, 0))], "taylor")
+    rows = [dict(candidate("pan", 0), exact="pan"), dict(candidate("naive", 1), exact="naive"), candidate("naive", 2),
+            dict(candidate("upu", 3), exact="nnpu")]
+    cfg = replace(CFG, lr=1e-2)
+    mixed = build_population(Objective.taylor_candidates(rows, prior=0.4), [7] * 4, data.dim, cfg)
+    alone = [build_population(Objective(m, prior=0.4), [7], data.dim, cfg) for m in ("pan", "naive", "nnpu")]
+    for _ in range(3):
+        for pop in [mixed, *alone]:
+            train_epoch(pop, tensors, cfg)
+    scores = selector_scores(mixed, data.x[:300])
+    for k, pop in zip((0, 1, 3), alone):
+        np.testing.assert_allclose(scores[k], selector_scores(pop, data.x[:300])[0], atol=1e-4)
+    assert np.abs(scores[2] - scores[1]).max() > 1e-2, "naive's Taylor point trains otherwise (100x the tolerance)"
+    mixed.select([3, 1])  # halving compacts exact members like any other
+    assert mixed.objective.exact == ["nnpu", "naive"]
+    with pytest.raises(ValueError, match="upu/nnpu without a prior"):
+        Objective.taylor_candidates(rows)
+
+    # In a pack: with Taylor controls naive's point is the naive control's twin (margin exactly 0);
+    # with exact controls it is another loss, beside the real one
+    auc_plan = replace(plan, pu=replace(cfg, fitness="pu_auc"), rungs=[2])
+    exact_plan = replace(auc_plan, controls=[dict(c, exact=c["name"]) for c in plan.controls], class_priors=[0.4])
+    margins = [[r.details["margin"][0] for _, r in sorted(run_pack(p, 0, [candidate("pan", 0), candidate("naive", 1)])
+                                                               .results.items())] for p in (auc_plan, exact_plan)]
+    assert margins[0][1] == 0.0 and all(m != 0.0 for m in margins[1]), margins
 
 
 def test_halving_keeps_the_best_share_and_tells_every_candidate(plan):

@@ -137,6 +137,25 @@ def test_a_relative_val_path_reaches_the_workers_and_the_record(tmp_path, local_
     assert spec["task_options"]["val"] == str(tmp_path / "val.parquet")
 
 
+def test_with_labelled_rows_the_controls_train_exactly_and_a_control_that_wins_is_exported_by_name(tmp_path, local_ray):
+    """--val-size: the controls are the exact hand-made losses (no longer their Taylor points, as
+    with PU only), in the packs and in the re-evaluation; the export follows the winner."""
+    opts = SearchOptions(name="exact", storage=str(tmp_path), budget=2, pack=2, epochs=2, concurrency=1,
+                         seed_losses=["naive"], task_options=PUSearchOptions(val_size=300, rungs=[], reevaluate=1,
+                                                                               reevaluation_folds=2))
+    run_search(TASKS["pu"], opts, log=lambda m: None)
+    folder = tmp_path / "exact"
+    seed = next(e for e in EvaluationLog(folder).told() if e.source == "seed:naive")
+    assert seed.status == "ok" and seed.fitness != 0.0, "naive's Taylor point is paired with the exact naive"
+    record = json.loads((folder / "reevaluation.json").read_text())
+    controls = {r["source"]: r.get("exact") for r in record["rows"] if r["source"].startswith("control:")}
+    assert controls == {"control:pan": "pan", "control:naive": "naive"}
+    winner = next(r for r in record["rows"] if r["id"] == record["winner"])
+    exported = json.loads((folder / "best_loss.json").read_text())
+    assert exported["family"] == ("exact" if winner.get("exact") else "taylor")
+    assert exported.get("loss") == winner.get("exact")
+
+
 def test_a_nan_candidate_is_penalised_and_the_search_finishes(tmp_path, local_ray):
     opts = SearchOptions(name="nan", storage=str(tmp_path), budget=4, pack=2, epochs=2, concurrency=1, seed_losses=[],
                          task_options=PUSearchOptions(rungs=[], reevaluate=0))

@@ -179,6 +179,9 @@ def test_elites_skip_copies_of_a_control_or_of_a_better_elite():
     assert [e["id"] for e in chosen] == [-1, 1, 2], "two distinct elites; the recommendation is a control"
     chosen = choose_elites(told, [9.0, 2.0, 0.5], [pan], 1, 6)
     assert [e["id"] for e in chosen] == [-1, 1, 6], "a new recommendation is re-evaluated beside the elites"
+    exact = choose_elites(told, [1.0, 2.0, 0.5], [{**pan, "exact": "pan"}], 2, 6)
+    assert [e["id"] for e in exact] == [-1, 0, 1], "an exact control is not its Taylor point: that may be an elite"
+    assert exact[0]["exact"] == "pan" and "exact" not in exact[1]
 
 
 def test_save_with_overwrite_replaces_the_folder_instead_of_merging(tmp_path, capsys):

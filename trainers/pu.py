@@ -22,6 +22,8 @@ from trainers.data.pu import Fold, LabelledSet, PUData, PUShare, PUSplit, make_p
 from trainers.data.shards import EmbeddingTable, read_table
 from trainers.data.synthetic import synthetic_pu_problem
 from trainers.errors import UsageError
+from trainers.files import load_object
+from trainers.losses.exact import FAMILY as EXACT_FAMILY, ExactLoss
 from trainers.losses.pu import naive_loss, nnpu_loss, pan_losses, upu_loss, vpu_loss
 from trainers.losses.taylor import TaylorLoss, taylor_player_losses
 from trainers.metrics import classification_metrics, labelled_fitness, labelled_threshold, pu_fitness, shared_threshold
@@ -44,14 +46,24 @@ def zoo_names() -> list[str]:
 
 
 def resolve_loss(spec: str) -> str | TaylorLoss:
-    """A baseline name stays a string; a file or ``zoo:NAME`` becomes a :class:`TaylorLoss`."""
+    """A baseline name stays a string; a file or ``zoo:NAME`` becomes a :class:`TaylorLoss`, or
+    the name a file of the ``exact`` family holds (a search that exported a hand-made loss)."""
     if spec in BASELINES:
         return spec
     if spec.startswith(ZOO_PREFIX):
         return TaylorLoss.from_dict(zoo_spec(spec, "taylor"))
     if spec.endswith(".json") or Path(spec).exists():
-        return TaylorLoss.load(spec)
+        return load_object(spec, _loss_from_dict, "loss file")
     raise UsageError(f"unknown loss {spec!r}: use one of {BASELINES}, a Taylor loss .json file, or zoo:NAME")
+
+
+def _loss_from_dict(spec: dict) -> str | TaylorLoss:
+    if spec.get("family") != EXACT_FAMILY:
+        return TaylorLoss.from_dict(spec)
+    name = ExactLoss.from_dict(spec).loss
+    if name not in PU_BASELINES:
+        raise ValueError(f"no hand-made loss {name!r}; choose from {PU_BASELINES}")
+    return name
 
 
 def loss_label(loss: str | TaylorLoss) -> str:
@@ -61,15 +73,21 @@ def loss_label(loss: str | TaylorLoss) -> str:
 # -- the population --------------------------------------------------------------------------
 
 
+EXACT_IN_A_PACK = ("naive", "pan", "upu", "nnpu")  # hand-made losses a Taylor population can train exactly
+
+
 @dataclass
 class Objective:
-    """What a population minimises: a baseline, or K Taylor losses (one per member)."""
+    """What a population minimises: a baseline, or K Taylor losses (one per member), some of which
+    may be hand-made losses trained exactly (a search pack's controls: ``exact[k]`` names the loss
+    member k trains instead of its Taylor row; ``prior`` is uPU's and nnPU's)."""
 
     method: str
     prior: float | None = None
     taylor_coefficients: torch.Tensor | None = None  # [K, T]
     taylor_center: torch.Tensor | None = None  # [K, 4]
     taylor_order: int | None = None
+    exact: list[str | None] | None = None  # [K]: None trains the Taylor row
 
     @classmethod
     def taylor(cls, losses: list[TaylorLoss], device: str | torch.device = "cpu") -> "Objective":
@@ -78,22 +96,32 @@ class Objective:
         )
 
     @classmethod
-    def taylor_candidates(cls, candidates: list[dict], device: str | torch.device = "cpu") -> "Objective":
-        """One member per ``{"order", "coefficients", "center"}``, unvalidated (NaN passes through)."""
+    def taylor_candidates(cls, candidates: list[dict], device: str | torch.device = "cpu",
+                          prior: float | None = None) -> "Objective":
+        """One member per ``{"order", "coefficients", "center"}``, unvalidated (NaN passes through);
+        one with an ``"exact"`` loss name trains that loss instead."""
         orders = {c["order"] for c in candidates}
         if len(orders) != 1:
             raise ValueError(f"a population shares one Taylor order, got {sorted(orders)}")
+        exact = [c.get("exact") for c in candidates]
+        unknown = {e for e in exact if e is not None} - set(EXACT_IN_A_PACK)
+        if unknown or (prior is None and {"upu", "nnpu"} & set(exact)):
+            raise ValueError(f"exact losses in a pack: {sorted(unknown) or 'upu/nnpu without a prior'}")
         return cls(
             method="taylor",
+            prior=prior,
             taylor_coefficients=torch.tensor([c["coefficients"] for c in candidates], dtype=torch.float32, device=device),
             taylor_center=torch.tensor([list(c["center"]) for c in candidates], dtype=torch.float32, device=device),
             taylor_order=orders.pop(),
+            exact=exact if any(e is not None for e in exact) else None,
         )
 
     def select(self, rows: torch.Tensor) -> None:
         if self.taylor_coefficients is not None:
             self.taylor_coefficients = self.taylor_coefficients[rows]
             self.taylor_center = self.taylor_center[rows]
+        if self.exact is not None:
+            self.exact = [self.exact[i] for i in rows.tolist()]
 
 
 @dataclass
@@ -393,6 +421,27 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
     w, a, order = obj.taylor_coefficients, obj.taylor_center, obj.taylor_order
     loss_d, _ = taylor_player_losses(w, a, order, d_p, d_u, c_p.detach(), c_u.detach())
     _, loss_c = taylor_player_losses(w, a, order, d_p.detach(), d_u.detach(), c_p, c_u)
+    losses = loss_d + loss_c
+    if obj.exact is None:
+        return losses
+    # Exact members' losses replace their Taylor rows (which then carry no gradient).
+    for name in dict.fromkeys(e for e in obj.exact if e is not None):
+        k = torch.tensor([i for i, e in enumerate(obj.exact) if e == name], device=losses.device)
+        losses = losses.index_copy(0, k, _exact_losses(name, k, zd_p, zd_u, zc_p, zc_u, obj.prior, cfg))
+    return losses
+
+
+def _exact_losses(name: str, k: torch.Tensor, zd_p, zd_u, zc_p, zc_u, prior: float | None, cfg: PUConfig) -> torch.Tensor:
+    """Members ``k``'s hand-made loss, as a population of that loss alone trains it (a PAN member's
+    own discriminator plays the game; the others leave theirs untouched)."""
+    if name == "naive":
+        return naive_loss(zc_p[k], zc_u[k])
+    if name == "upu":
+        return upu_loss(zc_p[k], zc_u[k], prior)
+    if name == "nnpu":
+        return nnpu_loss(zc_p[k], zc_u[k], prior, cfg.nnpu_beta, cfg.nnpu_gamma)
+    loss_d, _ = pan_losses(zd_p[k], zd_u[k], zc_u[k].detach(), cfg.pan_lambda)
+    _, loss_c = pan_losses(zd_p[k].detach(), zd_u[k].detach(), zc_u[k], cfg.pan_lambda)
     return loss_d + loss_c
 
 

@@ -1,7 +1,8 @@
 """A PU search pack: many candidate losses trained together, scored so that noise cannot win.
 
-One pack trains K candidate Taylor losses plus the *controls* (hand-made losses as Taylor points,
-e.g. PAN and naive) on every data set of the plan. Each candidate and control is trained on F
+One pack trains K candidate Taylor losses plus the *controls* (hand-made losses, e.g. PAN and
+naive, trained exactly where a control names its ``"exact"`` loss, else as their Taylor points)
+on every data set of the plan. Each candidate and control is trained on F
 folds (labelled/validation partitions drawn afresh for every pack) x S seeds, all members of one
 stacked population per data set, and control and candidate share each (fold, seed): the same
 split, initial weights and batches (common random numbers). A candidate's score on a data set is
@@ -49,7 +50,8 @@ class PUPackPlan:
     priors: list[float | None] = field(default_factory=list)  # per data set, for fitness that needs one
     folds: int = 2
     seeds_per_candidate: int = 1
-    controls: list[dict] = field(default_factory=list)  # [{"name", "order", "coefficients", "center"}]
+    controls: list[dict] = field(default_factory=list)  # [{"name", "order", "coefficients", "center", "exact"?}]
+    class_priors: list[float | None] = field(default_factory=list)  # per data set, for exact uPU/nnPU controls
     rungs: list[int] = field(default_factory=lambda: [10])  # epochs; the last is cfg.epochs
     keep: float = 1 / 3  # share of candidates that train on after each rung but the last
     stream: int = SEARCH_STREAM
@@ -222,8 +224,8 @@ def _populations(plan: PUPackPlan, cfg: PUConfig, units: list[dict], datasets: l
     members = plan.member_seeds()
     objective_rows = [u for u in units for _ in members]
     pops = []
-    for data in datasets:
-        objective = Objective.taylor_candidates(objective_rows, cfg.device)
+    for data, prior in zip(datasets, plan.class_priors or [None] * len(datasets)):
+        objective = Objective.taylor_candidates(objective_rows, cfg.device, prior)
         pops.append(build_population(objective, [s for _ in units for _, s in members], data.dim, cfg, stream=stream,
                                      member_fold=[f for _ in units for f, _ in members]))
     return pops

@@ -46,13 +46,15 @@ def choose_elites(told: list[dict], recommendation, controls: list[dict], reeval
 
     A loss equal to a control or to a better elite is trained once and does not take an elite's
     place: the search starts at PAN and optimisers ask their centre again, so without this the
-    elites of a short search can all be copies of a control."""
+    elites of a short search can all be copies of a control. A control trained as its exact loss
+    (``"exact"``: the loss's name) is not its Taylor point, which may then be an elite."""
     chosen = [{"id": -1 - i, "source": f"control:{c['name']}", "vector": loss_point(c).tolist(),
-               "search_fitness": None} for i, c in enumerate(controls)]
+               "search_fitness": None, **({"exact": c["exact"]} if c.get("exact") else {})}
+              for i, c in enumerate(controls)]
     recommended = {"id": recommendation_id, "source": "recommendation", "search_fitness": None,
                    "vector": np.asarray(recommendation, dtype=float).tolist()}
     def new(e: dict) -> bool:
-        return not any(same_point(e["vector"], c["vector"]) for c in chosen)
+        return not any(same_point(e["vector"], c["vector"]) for c in chosen if not c.get("exact"))
 
     searched = len(chosen) + reevaluate
     for e in sorted(told, key=lambda e: (-e["search_fitness"], e["id"])):
@@ -91,7 +93,8 @@ def reevaluate_elites(folder: Path, opts, plan, searcher, space, worker_loop, lo
     stage = plan.for_reevaluation(opts.task_options, opts.epochs)
     log(f"re-evaluating {len(chosen)} elites (controls included), each trained {stage.members_per_unit} time(s) "
         f"on data splits and seeds the search never used, {opts.epochs} epochs")
-    job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"])} for e in chosen], stage)
+    job = PackJob(0, [{"id": e["id"], **space.candidate(e["vector"]), **({"exact": e["exact"]} if e.get("exact") else {})}
+                      for e in chosen], stage)
     scaling = reevaluation_scaling(opts)
     progress = folder / "reevaluation.progress.jsonl"
     trainer = train_job(worker_loop, {"job": job}, scaling, f"{REEVALUATION_RUN}-{told}", str(folder / "train"),
@@ -200,13 +203,18 @@ def read_reevaluation(folder: Path, told: int | None = None) -> dict | None:
 
 
 def exported_control_note(folder: Path) -> str | None:
-    """A line for the final report when the stage's winner is a control: the exported file is that
-    control's Taylor point, and the user should know the exact loss is a flag away."""
+    """A line for the final report when the stage's winner is a control: no searched loss beat
+    the controls, so the exported file is that control (its exact loss, or with Taylor controls
+    its Taylor point, the exact loss then a flag away)."""
     record = read_reevaluation(folder)
     if not record or record.get("winner") is None:
         return None
-    source = next(r["source"] for r in record["rows"] if r["id"] == record["winner"])
-    if not source.startswith("control:"):
+    row = next(r for r in record["rows"] if r["id"] == record["winner"])
+    if not row["source"].startswith("control:"):
         return None
-    return (f"the re-evaluation exported {source} as its Taylor point: no searched loss beat the controls on fresh "
-            f"folds or seeds; the exact loss is --loss {source.split(':', 1)[1]}")
+    name = row["source"].split(":", 1)[1]
+    if row.get("exact"):
+        return (f"no searched loss beat the controls on fresh folds or seeds: the exported loss is the exact "
+                f"{name} (best_loss.json names it; --loss {name} trains the same)")
+    return (f"the re-evaluation exported {row['source']} as its Taylor point: no searched loss beat the controls on "
+            f"fresh folds or seeds; the exact loss is --loss {name}")

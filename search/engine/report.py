@@ -17,6 +17,7 @@ from search.engine.options import SearchOptions
 from search.engine.reevaluation import format_reevaluation, read_reevaluation
 from trainers.errors import DataWarning, UsageError
 from trainers.files import read_json, write_text_atomic
+from trainers.losses.exact import ExactLoss
 
 SPEC_FILE = "search.json"
 
@@ -27,13 +28,14 @@ def leaderboard(evaluations: list[Evaluation]) -> list[Evaluation]:
     return sorted(told, key=lambda e: (e.status != "ok", -(e.fitness or 0.0) if e.status == "ok" else 0, e.id))
 
 
-def best_candidate(folder: Path, board: list[Evaluation], reevaluation: dict | None) -> tuple[int, list[float], str] | None:
-    """(id, vector, how it was chosen) of the loss to export."""
+def best_candidate(folder: Path, board: list[Evaluation], reevaluation: dict | None) -> tuple[int, list[float], str, str | None] | None:
+    """(id, vector, how it was chosen, the hand-made loss it is where a control trained exactly
+    won) of the loss to export."""
     if reevaluation and reevaluation.get("winner") is not None:
         row = next(r for r in reevaluation["rows"] if r["id"] == reevaluation["winner"])
-        return row["id"], row["vector"], f"re-evaluation winner ({row['source']})"
+        return row["id"], row["vector"], f"re-evaluation winner ({row['source']})", row.get("exact")
     if board and board[0].status == "ok":
-        return board[0].id, board[0].vector, "search's best"
+        return board[0].id, board[0].vector, "search's best", None
     return None
 
 
@@ -53,13 +55,15 @@ def write_report(folder: str | Path, task, opts: SearchOptions, plots: bool = Tr
     chosen = best_candidate(folder, board, reevaluation)
     best = None
     if chosen is not None:
-        cid, vector, how = chosen
-        best = space.to_loss(vector, name=f"{opts.name}-best-{cid}")
+        cid, vector, how, exact = chosen
+        name = f"{opts.name}-best-{cid}"
+        best = ExactLoss(exact, name) if exact else space.to_loss(vector, name=name)
         best.save(folder / "best_loss.json")
         write_text_atomic(folder / "best_loss.txt", best.formula() + "\n")
     if plots and board:
         _plot_progress(evaluations, opts, folder / "best_fitness.png")
-        if best is not None:
+        (folder / "loss_slices.png").unlink(missing_ok=True)  # never a plot of an earlier export
+        if best is not None and not isinstance(best, ExactLoss):
             task.plot_best(best, folder / "loss_slices.png")
     fitness = {e.id: e.fitness for e in board}
     return {

@@ -35,7 +35,8 @@ def options_from_spec(spec: dict, spec_path: Path, options_class_for) -> SearchO
     file and the field."""
     try:
         opts = SearchOptions.from_dict(spec)
-        opts.task_options = options_class_for(opts.task)(**(opts.task_options or {}))
+        options_class = options_class_for(opts.task)
+        opts.task_options = options_class(**{**getattr(options_class, "LEGACY", {}), **(opts.task_options or {})})
     except (TypeError, ValueError, AttributeError) as err:
         raise DataError(spec_path, f"not a valid search spec: {err}") from None
     for owner in (opts, opts.task_options):

@@ -69,7 +69,8 @@ def run_train_dpo(cfg: DPOConfig, train: str | None, test: str | None, out: str,
     state = run_single_job(worker_loop(cfg.mode), {"dpo": cfg, "train": spec["train"]}, scaling, folder.path, RUN_NAME,
                            progress, _progress_printer(progress, cfg.epochs, log))
     if diverged(state["best_state"], state["history"]):
-        raise RuntimeError("training diverged (a non-finite loss or validation): no scorer to save (try a lower --lr)")
+        raise UsageError(f"training diverged (a non-finite loss or validation) at --lr {cfg.lr:g}: no scorer was saved; "
+                         f"lower --lr and run again with a new --out ({folder.path} keeps its progress.jsonl)")
     save_trained_scorer(folder.path / "scorer", cfg, state["best_state"])
     metrics = {"config": asdict(cfg), "train": spec["train"], "test": spec["test"], "workers": scaling.workers,
                "replicas_in_sync": all(h.get("replicas_in_sync", False) for h in state["history"]),
@@ -213,6 +214,8 @@ def _progress_printer(path: Path, epochs: int, log):
             return f"  {what} {m['done']}/{m['total']}  {rate:.1f}/s{loss}  ETA {m['eta_seconds'] / 60:.1f} min{resumed}"
         if m.get("phase") == "checkpoint":
             return None
+        if m.get("status") == "diverged":  # a diverged epoch has no agreement to show
+            return f"  epoch {m['epoch']}/{epochs}  diverged: the loss or the weights went non-finite"
         return (f"  epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  val agreement "
                 f"{m['agreement']:.4f} (length-controlled {m['agreement_lc']:.4f})"
                 + (f"  [resumed from epoch {m['resumed_from_epoch']}]" if m["resumed_from_epoch"] else ""))

@@ -36,6 +36,10 @@ class PUSearchOptions:
     seeds_per_candidate: int = opt(1, "training seeds per candidate and fold")
     controls: list[str] = opt(["pan", "naive"], "hand-made losses trained in every pack on the same folds and seeds; "
                                                 "fitness is the paired margin over the best of them (none: raw fitness)")
+    exact_controls: bool | None = opt(None, "train the controls as the exact hand-made losses, so a searched loss "
+                                            "wins only by beating them and a control that wins is exported as itself "
+                                            "(no: as their Taylor points; default: exact with a labelled validation "
+                                            "set, Taylor points with PU only)")
     rungs: list[int] = opt([1, 3], "successive halving: epochs at each rung before the last (the last is --epochs; "
                                    "rungs at or past it are dropped); none: every candidate trains every epoch")
     keep: float = opt(1 / 3, "share of candidates that train on after each rung")
@@ -45,6 +49,9 @@ class PUSearchOptions:
     sample_rows: int | None = opt(None, "search on a seeded sample of this many rows of each --train, stratified "
                                         "(labelled and unlabelled rows keep their shares; written to the results "
                                         "folder); then train the found loss on everything with train-pu --workers")
+
+    # What a search.json from before a field existed meant by its absence (read on resume).
+    LEGACY = {"exact_controls": False}
 
     def __post_init__(self) -> None:
         absolute_paths(self, "val")  # the packs run inside their trial folders; a resume may start elsewhere
@@ -67,6 +74,13 @@ class PUSearchOptions:
             raise UsageError(f"--sample-rows must be at least 10, got {self.sample_rows}")
         if any(r < 1 for r in self.rungs) or self.rungs != sorted(set(self.rungs)):
             raise UsageError(f"--rungs must be increasing epoch counts (at least 1), got {self.rungs}")
+
+    def controls_exact(self) -> bool:
+        """Whether the controls train exactly. With PU-only validation the fitness scores labelled
+        against unlabelled rows, which is what the naive loss itself minimises: exact naive then
+        wins every pairing (first run: every candidate -0.14 or worse, PAN -0.12), and the search
+        could only ever export naive. Labelled rows score what the user wants instead."""
+        return self.exact_controls if self.exact_controls is not None else bool(self.val or self.val_size)
 
     def labelling_fields(self) -> dict:
         """The PUConfig fields that say how a training set is labelled and validated: the search's
@@ -129,6 +143,7 @@ class PUTask:
         anything is written."""
         from trainers.data.pu import PUData
         from trainers.data.shards import read_table
+        from trainers.losses.seeds import NEEDS_PRIOR
 
         o: PUSearchOptions = opts.task_options
         priors, samples = [], []
@@ -146,6 +161,10 @@ class PUTask:
             priors.append(o.prior if o.prior is not None else data.true_prior)
         if o.fitness in FITNESS_NEEDS_PRIOR and any(p is None for p in priors):
             raise UsageError(f"fitness {o.fitness} needs the class prior: pass --prior")
+        with_prior = sorted(set(NEEDS_PRIOR) & set(o.controls))
+        if o.controls_exact() and with_prior and None in priors:
+            raise UsageError(f"--controls {','.join(with_prior)} trained exactly need the class prior: pass --prior "
+                             "(or --no-exact-controls for their Taylor points)")
         return PUInputs(priors, samples)
 
     def seed_vectors(self, opts: SearchOptions, inputs: PUInputs) -> list:
@@ -164,7 +183,8 @@ class PUTask:
 
         o: PUSearchOptions = opts.task_options
         space = self.space(opts.order)
-        controls = [{"name": n, **space.candidate(space.seed_point(n, prior=_seed_prior(inputs)))} for n in o.controls]
+        controls = [{"name": n, **space.candidate(space.seed_point(n, prior=_seed_prior(inputs))),
+                     **({"exact": n} if o.controls_exact() else {})} for n in o.controls]
         for path, sample in zip(training_sources(opts), inputs.samples):
             if sample is not None and not Path(path).exists():
                 from trainers.data.shards import table_to_arrow
@@ -180,6 +200,7 @@ class PUTask:
             folds=o.folds,
             seeds_per_candidate=o.seeds_per_candidate,
             controls=controls,
+            class_priors=inputs.priors,
             rungs=o.rung_epochs(opts.epochs),
             keep=o.keep,
         )

@@ -230,6 +230,9 @@ def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int, labelling:
         raise UsageError(f"--labelling must be one of {LABELLINGS}, got {labelling!r}")
     rng = np.random.default_rng([seed, _LABELLING_STREAM])
     n = max(1, int(round(labelled_frac * len(positives))))
+    if n < 2 <= len(positives):  # the option's fault, not the data's: say which to change
+        raise UsageError(f"--labelled-frac {labelled_frac:g} draws {n} of {table.source}'s {len(positives)} positives; "
+                         f"training and validating need 2: use at least {1.5 / len(positives):.2g}")
     labelled = np.zeros(len(table), dtype=bool)
     if labelling == "scar":
         labelled[rng.choice(positives, size=n, replace=False)] = True

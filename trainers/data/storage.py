@@ -158,10 +158,23 @@ def _glob(text: str, fs: pafs.FileSystem, pattern: str) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         raise _missing(text, fs, base)
     infos = fs.get_file_info(pafs.FileSelector(base.rstrip("/") or base, recursive=True))
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and glob_match(i.path, pattern))
     if not files:
         raise DataError(text, "the glob matches no files")
     return [uri_of(text, f) for f in files]
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """A shell's glob, not fnmatch's: ``*``, ``?`` and ``[...]`` stay within one folder level and
+    ``**`` spans any number of levels (``data/*.parquet`` is not ``data/old/x.parquet``)."""
+    def match(parts: list[str], pats: list[str]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and match(parts[1:], pats[1:])
+
+    return match(path.split("/"), pattern.split("/"))
 
 
 def open_input(location: str | Path):
