@@ -63,7 +63,9 @@ def run(argv: list[str] | None = None) -> dict:
         auc, auc_sd = mean_sd([100 * r["test_auc"] for r in ok]) if ok else (float("nan"), float("nan"))
         fit, _ = mean_sd([r["val_fitness"] for r in ok]) if ok else (float("nan"), 0)
         secs = statistics.fmean(r["seconds"] for r in runs)
-        label = runs[0]["loss"] if method not in BASELINES else method
+        label = method if method in BASELINES else runs[0]["loss"]
+        if method not in BASELINES and label in BASELINES:  # a search exported a hand-made loss: its own row
+            label = f"exported:{label}"
         table[label] = {"f1_mean": f1, "f1_sd": f1_sd, "auc_mean": auc, "auc_sd": auc_sd,
                         "val_fitness_mean": fit, "runs_ok": len(ok), "runs": len(runs), "seconds_per_run": secs}
         print(f"{label:<24} {f1:>7.1f} ± {f1_sd:<4.1f} {auc:>7.1f} ± {auc_sd:<4.1f} {fit:>12.4f} {secs:>6.1f}", flush=True)

@@ -33,11 +33,14 @@ def test_submit_passes_every_search_option_through():
 
     args = build_parser().parse_args(["submit", "--name", "s", "--budget", "100", "--gpus-per-worker", "0.25",
                                       "--seed-losses", "pan,nnpu", "--order", "3", "--train", "/data/a",
-                                      "--train", "/data/b", "--folds", "3", "--controls", "pan", "--rungs", "none"])
+                                      "--train", "/data/b", "--folds", "3", "--controls", "pan", "--rungs", "none",
+                                      "--no-exact-controls"])
     opts = options_from_args(args, task_options_classes())
     assert opts.train == ["/data/a", "/data/b"] and opts.task_options.folds == 3 and opts.task_options.rungs == []
     again = options_from_args(build_parser().parse_args(["search", *search_argv(opts)]), task_options_classes())
-    assert again == opts
+    assert again == opts and again.task_options.exact_controls is False
+    on = options_from_args(build_parser().parse_args(["submit", "--exact-controls"]), task_options_classes())
+    assert options_from_args(build_parser().parse_args(["search", *search_argv(on)]), task_options_classes()) == on
     assert opts.storage == "~/lossforge_results"  # a job's working directory is temporary
     with pytest.raises(UsageError, match="--mode is an option of --task dpo"):
         options_from_args(build_parser().parse_args(["search", "--mode", "causal"]), task_options_classes())

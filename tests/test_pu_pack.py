@@ -107,6 +107,9 @@ def test_an_exact_control_member_trains_as_that_loss_alone_and_its_taylor_point_
     margins = [[r.details["margin"][0] for _, r in sorted(run_pack(p, 0, [candidate("pan", 0), candidate("naive", 1)])
                                                                .results.items())] for p in (auc_plan, exact_plan)]
     assert margins[0][1] == 0.0 and all(m != 0.0 for m in margins[1]), margins
+    # an exact control re-evaluated as an elite trains even where its Taylor point could not rank (order 1's PAN)
+    flat = dict(candidate([0.0] * num_coefficients(2), 5), exact="naive")
+    assert not selector_can_rank(flat) and run_pack(exact_plan, 0, [flat]).results[5].status == "ok"
 
 
 def test_halving_keeps_the_best_share_and_tells_every_candidate(plan):

@@ -88,6 +88,7 @@ class Objective:
     taylor_center: torch.Tensor | None = None  # [K, 4]
     taylor_order: int | None = None
     exact: list[str | None] | None = None  # [K]: None trains the Taylor row
+    _exact_rows: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # name -> member rows, on device
 
     @classmethod
     def taylor(cls, losses: list[TaylorLoss], device: str | torch.device = "cpu") -> "Objective":
@@ -122,6 +123,15 @@ class Objective:
             self.taylor_center = self.taylor_center[rows]
         if self.exact is not None:
             self.exact = [self.exact[i] for i in rows.tolist()]
+            self._exact_rows = None
+
+    def exact_rows(self, device) -> dict[str, torch.Tensor]:
+        """Each exact loss's member rows (built once, not every batch)."""
+        if self._exact_rows is None:
+            names = dict.fromkeys(e for e in self.exact or [] if e is not None)
+            self._exact_rows = {n: torch.tensor([i for i, e in enumerate(self.exact) if e == n], device=device)
+                                for n in names}
+        return self._exact_rows
 
 
 @dataclass
@@ -425,8 +435,7 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
     if obj.exact is None:
         return losses
     # Exact members' losses replace their Taylor rows (which then carry no gradient).
-    for name in dict.fromkeys(e for e in obj.exact if e is not None):
-        k = torch.tensor([i for i, e in enumerate(obj.exact) if e == name], device=losses.device)
+    for name, k in obj.exact_rows(losses.device).items():
         losses = losses.index_copy(0, k, _exact_losses(name, k, zd_p, zd_u, zc_p, zc_u, obj.prior, cfg))
     return losses
 

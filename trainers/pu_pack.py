@@ -250,7 +250,7 @@ def run_pack(
     if state is None:
         state = PackState(rung=0, alive=[], results={})
         for c in candidates:
-            if selector_can_rank(c):
+            if c.get("exact") or selector_can_rank(c):  # an exact control is not its Taylor point
                 state.alive.append(c["id"])
             else:
                 state.results[c["id"]] = CandidateResult(c["id"], DIVERGED_FITNESS, "rejected", {"rung": -1, "epochs": 0})

@@ -193,6 +193,8 @@ def search_argv(opts: SearchOptions) -> list[str]:
                     argv += [_flag(f.name), str(item)]
             elif isinstance(value, list):
                 argv += [_flag(f.name), ",".join(map(str, value)) or "none"]
+            elif isinstance(value, bool):  # a switch: --x or --no-x, no value
+                argv.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
             else:
                 argv += [_flag(f.name), str(value)]
     return argv

@@ -60,9 +60,9 @@ def write_report(folder: str | Path, task, opts: SearchOptions, plots: bool = Tr
         best = ExactLoss(exact, name) if exact else space.to_loss(vector, name=name)
         best.save(folder / "best_loss.json")
         write_text_atomic(folder / "best_loss.txt", best.formula() + "\n")
+    (folder / "loss_slices.png").unlink(missing_ok=True)  # never a plot of an earlier export
     if plots and board:
         _plot_progress(evaluations, opts, folder / "best_fitness.png")
-        (folder / "loss_slices.png").unlink(missing_ok=True)  # never a plot of an earlier export
         if best is not None and not isinstance(best, ExactLoss):
             task.plot_best(best, folder / "loss_slices.png")
     fitness = {e.id: e.fitness for e in board}

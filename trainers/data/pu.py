@@ -22,6 +22,7 @@ carried along for reporting only.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -211,6 +212,12 @@ def draw_labelled_set(table: EmbeddingTable, n: int, seed: int) -> tuple[Embeddi
     return rest, LabelledSet(picked.x, picked.label.astype(np.int8), picked.source)
 
 
+def _round_up(x: float, digits: int = 2) -> float:
+    """``x`` rounded up to ``digits`` significant digits (a suggested minimum must not round below it)."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale - 1e-9) / scale
+
+
 def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int, labelling: str = "scar") -> np.ndarray:
     """The labelled-positive mask: given (``labelled`` column) or drawn from the truth by
     ``labelling`` (see the module's docstring)."""
@@ -232,7 +239,7 @@ def pu_labels(table: EmbeddingTable, labelled_frac: float, seed: int, labelling:
     n = max(1, int(round(labelled_frac * len(positives))))
     if n < 2 <= len(positives):  # the option's fault, not the data's: say which to change
         raise UsageError(f"--labelled-frac {labelled_frac:g} draws {n} of {table.source}'s {len(positives)} positives; "
-                         f"training and validating need 2: use at least {1.5 / len(positives):.2g}")
+                         f"training and validating need 2: use at least {_round_up(2 / len(positives)):g}")
     labelled = np.zeros(len(table), dtype=bool)
     if labelling == "scar":
         labelled[rng.choice(positives, size=n, replace=False)] = True
