@@ -2,13 +2,23 @@
 import numpy as np
 import pytest
 
-from trainers.metrics import classification_metrics, pu_fitness, roc_auc, shared_threshold
+from trainers.metrics import average_precision, classification_metrics, labelled_fitness, pu_fitness, roc_auc, shared_threshold
 
 
 def test_roc_auc_counts_ties_half():
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert roc_auc([1, 1, 1], [1, 0, 1]) == pytest.approx(0.5)
     assert np.isnan(roc_auc([1, 2], [1, 1]))
+
+
+def test_average_precision_by_hand_with_ties_counted_together():
+    assert average_precision([3, 2, 1], [1, 1, 0]) == 1.0
+    assert average_precision([3, 2, 1], [0, 1, 1]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx((1 + 2 / 3) / 2)
+    # three tied rows, one positive: precision 1/3 whatever order the sort leaves them in
+    assert average_precision([1, 1, 1], [1, 0, 0]) == average_precision([1, 1, 1], [0, 0, 1]) == pytest.approx(1 / 3)
+    assert labelled_fitness("ap", np.array([0.2, 0.9]), np.array([0, 1]), 0.5) == 1.0
+    assert np.isnan(average_precision([1.0, 2.0], [0, 0]))
 
 
 def test_shared_threshold_keeps_90_percent_of_labelled_positives():

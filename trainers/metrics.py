@@ -106,8 +106,22 @@ def labelled_threshold(scores: np.ndarray, truth: np.ndarray, pu_threshold: floa
     return weight * f1_optimal_threshold(scores, truth) + (1.0 - weight) * pu_threshold
 
 
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The mean, over the positives, of the precision among the rows scored at least as high (tied
+    rows count together, so the value does not depend on their order); NaN without positives."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a tie's rows share the precision at its end
+    hits, seen = np.cumsum(y)[last_of_tie], np.flatnonzero(last_of_tie) + 1
+    positives_in_tie = np.diff(np.r_[0, hits])
+    return float(np.sum(positives_in_tie * hits / seen) / labels.sum())
+
+
 def labelled_fitness(metric: str, scores: np.ndarray, truth: np.ndarray, threshold: float) -> float:
-    """Fitness on a labelled validation set: ROC-AUC, or F1 at the run's threshold."""
+    """Fitness on a labelled validation set: ROC-AUC, F1 at the run's threshold, or average precision."""
     scores = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
         return float("nan")
@@ -115,6 +129,8 @@ def labelled_fitness(metric: str, scores: np.ndarray, truth: np.ndarray, thresho
         return roc_auc(scores, truth)
     if metric == "f1":
         return classification_metrics(scores, truth, threshold)["f1"]
+    if metric == "ap":
+        return average_precision(scores, truth)
     raise UsageError(f"unknown --val-metric {metric!r}; choose from {VAL_METRICS}")
 
 
