@@ -103,7 +103,7 @@ def test_an_exact_control_member_trains_as_that_loss_alone_and_its_taylor_point_
     # In a pack: with Taylor controls naive's point is the naive control's twin (margin exactly 0);
     # with exact controls it is another loss, beside the real one
     auc_plan = replace(plan, pu=replace(cfg, fitness="pu_auc"), rungs=[2])
-    exact_plan = replace(auc_plan, controls=[dict(c, exact=c["name"]) for c in plan.controls], class_priors=[0.4])
+    exact_plan = replace(auc_plan, controls=[dict(c, exact=c["name"]) for c in plan.controls], priors=[0.4])
     margins = [[r.details["margin"][0] for _, r in sorted(run_pack(p, 0, [candidate("pan", 0), candidate("naive", 1)])
                                                                .results.items())] for p in (auc_plan, exact_plan)]
     assert margins[0][1] == 0.0 and all(m != 0.0 for m in margins[1]), margins

@@ -106,7 +106,7 @@ class Objective:
             raise ValueError(f"a population shares one Taylor order, got {sorted(orders)}")
         exact = [c.get("exact") for c in candidates]
         unknown = {e for e in exact if e is not None} - set(EXACT_IN_A_PACK)
-        if unknown or (prior is None and {"upu", "nnpu"} & set(exact)):
+        if unknown or (prior is None and set(NEEDS_PRIOR) & set(exact)):
             raise ValueError(f"exact losses in a pack: {sorted(unknown) or 'upu/nnpu without a prior'}")
         return cls(
             method="taylor",
@@ -409,12 +409,8 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
     b = xp.shape[1]
     both = torch.cat([xp, xu], dim=1)  # one pass per network over both sides: fewer, larger matmuls
     zc_p, zc_u = C(both).split(b, dim=1)
-    if obj.method in ("naive", "oracle"):
-        return naive_loss(zc_p, zc_u)
-    if obj.method == "upu":
-        return upu_loss(zc_p, zc_u, obj.prior)
-    if obj.method == "nnpu":
-        return nnpu_loss(zc_p, zc_u, obj.prior, cfg.nnpu_beta, cfg.nnpu_gamma)
+    if obj.method in ("naive", "oracle", "upu", "nnpu"):
+        return _hand_made_losses(obj.method, None, None, zc_p, zc_u, obj.prior, cfg)
     if obj.method == "vpu":
         mu = mix[..., None]
         with torch.no_grad():
@@ -424,9 +420,7 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
     # so one backward pass gives D the gradient of L_D and C the gradient of L_C.
     zd_p, zd_u = D(both).split(b, dim=1)
     if obj.method == "pan":
-        loss_d, _ = pan_losses(zd_p, zd_u, zc_u.detach(), cfg.pan_lambda)
-        _, loss_c = pan_losses(zd_p.detach(), zd_u.detach(), zc_u, cfg.pan_lambda)
-        return loss_d + loss_c
+        return _hand_made_losses("pan", zd_p, zd_u, zc_p, zc_u, obj.prior, cfg)
     d_p, d_u, c_p, c_u = (torch.sigmoid(z) for z in (zd_p, zd_u, zc_p, zc_u))
     w, a, order = obj.taylor_coefficients, obj.taylor_center, obj.taylor_order
     loss_d, _ = taylor_player_losses(w, a, order, d_p, d_u, c_p.detach(), c_u.detach())
@@ -436,21 +430,23 @@ def _member_losses(pop: Population, xp: torch.Tensor, xu: torch.Tensor, mix: tor
         return losses
     # Exact members' losses replace their Taylor rows (which then carry no gradient).
     for name, k in obj.exact_rows(losses.device).items():
-        losses = losses.index_copy(0, k, _exact_losses(name, k, zd_p, zd_u, zc_p, zc_u, obj.prior, cfg))
+        rows = _hand_made_losses(name, zd_p[k], zd_u[k], zc_p[k], zc_u[k], obj.prior, cfg)
+        losses = losses.index_copy(0, k, rows)
     return losses
 
 
-def _exact_losses(name: str, k: torch.Tensor, zd_p, zd_u, zc_p, zc_u, prior: float | None, cfg: PUConfig) -> torch.Tensor:
-    """Members ``k``'s hand-made loss, as a population of that loss alone trains it (a PAN member's
-    own discriminator plays the game; the others leave theirs untouched)."""
-    if name == "naive":
-        return naive_loss(zc_p[k], zc_u[k])
+def _hand_made_losses(name: str, zd_p, zd_u, zc_p, zc_u, prior: float | None, cfg: PUConfig) -> torch.Tensor:
+    """Per-member hand-made loss (VPU aside: it needs its MixUp batch) from the logits of C and,
+    for PAN's game, of D; a whole population's, or the exact rows of a Taylor one (where the
+    other members' discriminators go untouched)."""
+    if name in ("naive", "oracle"):
+        return naive_loss(zc_p, zc_u)
     if name == "upu":
-        return upu_loss(zc_p[k], zc_u[k], prior)
+        return upu_loss(zc_p, zc_u, prior)
     if name == "nnpu":
-        return nnpu_loss(zc_p[k], zc_u[k], prior, cfg.nnpu_beta, cfg.nnpu_gamma)
-    loss_d, _ = pan_losses(zd_p[k], zd_u[k], zc_u[k].detach(), cfg.pan_lambda)
-    _, loss_c = pan_losses(zd_p[k].detach(), zd_u[k].detach(), zc_u[k], cfg.pan_lambda)
+        return nnpu_loss(zc_p, zc_u, prior, cfg.nnpu_beta, cfg.nnpu_gamma)
+    loss_d, _ = pan_losses(zd_p, zd_u, zc_u.detach(), cfg.pan_lambda)  # the game, as _member_losses plays it
+    _, loss_c = pan_losses(zd_p.detach(), zd_u.detach(), zc_u, cfg.pan_lambda)
     return loss_d + loss_c
 
 

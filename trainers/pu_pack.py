@@ -47,11 +47,10 @@ class PUPackPlan:
     labelled_frac: float
     seed: int  # the search's seed: PU labelling, folds, member seeds
     pu: PUConfig  # epochs = the last rung; fitness = each member's validation metric
-    priors: list[float | None] = field(default_factory=list)  # per data set, for fitness that needs one
+    priors: list[float | None] = field(default_factory=list)  # per data set, where known: a fitness or exact control needing one
     folds: int = 2
     seeds_per_candidate: int = 1
     controls: list[dict] = field(default_factory=list)  # [{"name", "order", "coefficients", "center", "exact"?}]
-    class_priors: list[float | None] = field(default_factory=list)  # per data set, for exact uPU/nnPU controls
     rungs: list[int] = field(default_factory=lambda: [10])  # epochs; the last is cfg.epochs
     keep: float = 1 / 3  # share of candidates that train on after each rung but the last
     stream: int = SEARCH_STREAM
@@ -224,7 +223,7 @@ def _populations(plan: PUPackPlan, cfg: PUConfig, units: list[dict], datasets: l
     members = plan.member_seeds()
     objective_rows = [u for u in units for _ in members]
     pops = []
-    for data, prior in zip(datasets, plan.class_priors or [None] * len(datasets)):
+    for data, prior in zip(datasets, plan.priors or [None] * len(datasets)):
         objective = Objective.taylor_candidates(objective_rows, cfg.device, prior)
         pops.append(build_population(objective, [s for _ in units for _, s in members], data.dim, cfg, stream=stream,
                                      member_fold=[f for _ in units for f, _ in members]))

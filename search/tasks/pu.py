@@ -196,11 +196,10 @@ class PUTask:
             labelled_frac=o.labelled_frac,
             seed=opts.seed,
             pu=PUConfig(epochs=opts.epochs, seed=opts.seed, **o.labelling_fields()),
-            priors=inputs.priors if o.fitness in FITNESS_NEEDS_PRIOR else [None] * len(inputs.priors),
+            priors=inputs.priors,  # only a fitness or an exact control that needs the prior reads it
             folds=o.folds,
             seeds_per_candidate=o.seeds_per_candidate,
             controls=controls,
-            class_priors=inputs.priors,
             rungs=o.rung_epochs(opts.epochs),
             keep=o.keep,
         )
