@@ -17,7 +17,8 @@ comparison between sizes is paired; every N trains without the whole pool.
 Cross-fitted: a loss's *fitness* is its mean over the first ``--fitness-seeds`` seeds, its *test
 F1* the mean over the others, so training noise shared by both cannot make a proxy look good.
 Printed per (set, labelling, N): Spearman rho(fitness, test F1) overall and in the top half by
-fitness, the regret of the top pick (best test F1 among all losses minus the pick's), and the
+fitness; beside it, how far noise lets that rho go (the same rho with the fitness seeds' own test
+F1 as the fitness, test F1's split-half rho, the top half's spread against one loss's seed sd); the regret of the top pick (best test F1 among all losses minus the pick's), and the
 table "pick vs best baseline" (test F1 mean +- sd over the test seeds); and per baseline the test
 F1 with its PU threshold, with the N-row threshold alone, and with N-row epoch selection too.
 ``--table-from out.json`` re-prints a saved run.
@@ -125,29 +126,60 @@ def condition(trace: Trace, n: int, args, select_on_pool: bool = True, threshold
     return fitness, f1
 
 
+def top_half(fitness: np.ndarray) -> np.ndarray:
+    order = np.argsort(-np.nan_to_num(fitness, nan=-np.inf))
+    return order[: max(3, len(order) // 2)]
+
+
+def top_half_rho(fitness: np.ndarray, f1: np.ndarray) -> float:
+    """Spearman rho(fitness, test F1) among the members in the top half by ``fitness``."""
+    top = top_half(fitness)
+    return spearman(fitness[top], f1[top])
+
+
 def summarise(traces: list[Trace], n: int, args) -> dict:
     """rho, top-half rho, regret and the pick vs the best baseline, cross-fitted over seeds."""
     fit_seeds, test_seeds = traces[: args.fitness_seeds], traces[args.fitness_seeds:]
-    fitness = np.nanmean([condition(t, n, args)[0] for t in fit_seeds], axis=0)
+    fit_runs = [condition(t, n, args) for t in fit_seeds]
+    fitness = np.nanmean([fit for fit, _ in fit_runs], axis=0)
+    # The same epochs and thresholds scored on test: a "fitness" that read the test labels of its
+    # own training runs, to show how far the fitness seeds' training noise alone lets rho go.
+    fit_seed_test_f1 = np.nanmean([f1 for _, f1 in fit_runs], axis=0)
     f1_runs = np.array([condition(t, n, args)[1] for t in test_seeds])
     f1 = np.nanmean(f1_runs, axis=0)
     names = traces[0].names
     order = np.argsort(-np.nan_to_num(fitness, nan=-np.inf))
-    top = order[: max(3, len(order) // 2)]
+    top = top_half(fitness)
     cands = [i for i, name in enumerate(names) if name.startswith("cand")]
     pick = max(cands, key=lambda i: np.nan_to_num(fitness[i], nan=-np.inf))
     base = [i for i, name in enumerate(names) if not name.startswith("cand")]
     best_base = max(base, key=lambda i: np.nan_to_num(f1[i], nan=-np.inf))  # on test: generous to the baselines
     baseline_pick = max(base, key=lambda i: np.nan_to_num(fitness[i], nan=-np.inf))  # what the fitness would ship
     return {
-        "n": n, "rho": spearman(fitness, f1), "rho_top_half": spearman(fitness[top], f1[top]),
+        "n": n, "rho": spearman(fitness, f1), "rho_top_half": top_half_rho(fitness, f1),
         "regret": float(np.nanmax(f1) - f1[order[0]]), "pick": names[pick],
         "pick_f1": [float(v) for v in f1_runs[:, pick]], "best_baseline": names[best_base],
         "best_baseline_f1": [float(v) for v in f1_runs[:, best_base]],
         "fitness_baseline": names[baseline_pick], "fitness_baseline_f1": [float(v) for v in f1_runs[:, baseline_pick]],
         "oracle_candidate_f1": float(np.nanmax(f1[cands])),
+        **test_noise(f1_runs, top),
+        "rho_top_half_test_as_fitness": top_half_rho(fit_seed_test_f1, f1),
         "names": names, "fitness": [float(v) for v in fitness], "f1": [float(v) for v in f1],
     }
+
+
+def test_noise(f1_runs: np.ndarray, top: np.ndarray) -> dict:
+    """How far test F1 itself can rank the top half: its split-half Spearman rho there (the test
+    seeds' first half against the second), the spread (sd) of the members' mean test F1 there, and
+    one member's sd over the test seeds. Where the spread is not above the seed sd over sqrt(seeds),
+    no fitness can show a high top-half rho against these test seeds. None with one test seed."""
+    if len(f1_runs) < 2:
+        return {"test_split_half_rho_top": None, "top_half_spread": None, "seed_sd": None}
+    half = len(f1_runs) // 2
+    first, second = np.nanmean(f1_runs[:half], axis=0), np.nanmean(f1_runs[half:], axis=0)
+    return {"test_split_half_rho_top": spearman(first[top], second[top]),
+            "top_half_spread": float(np.nanstd(np.nanmean(f1_runs, axis=0)[top])),
+            "seed_sd": float(np.nanmean(np.nanstd(f1_runs[:, top], axis=0, ddof=1)))}
 
 
 def threshold_gain(traces: list[Trace], n: int, args) -> dict:
@@ -190,16 +222,24 @@ def shrink_study(traces: list[Trace], sizes=(50, 100, 200, 500)) -> dict:
     return out
 
 
+def noise_cells(row: dict) -> str:
+    if row.get("seed_sd") is None:  # one test seed, or a JSON from before these columns
+        return "- | - | -"
+    return f"{row['rho_top_half_test_as_fitness']:.2f} | {row['test_split_half_rho_top']:.2f} | {100 * row['top_half_spread']:.1f} / {100 * row['seed_sd']:.1f}"
+
+
 def print_tables(results: dict) -> None:
     for key, r in results.items():
         print(f"\n## {key}")
-        print("| N | rho(F1) | top-half rho | regret | pick: test F1 | best baseline (test) | baseline the fitness picks |")
-        print("|---|---|---|---|---|---|---|")
+        print("| N | rho(F1) | top-half rho | regret | pick: test F1 | best baseline (test) | baseline the fitness picks "
+              "| top-half rho, test F1 of the fitness seeds as fitness | test F1's own split-half top-half rho "
+              "| top-half spread / seed sd (F1) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for s in r["sizes"]:
             ms = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1):.1f}" if len(v) > 1 else f"{100 * np.mean(v):.1f}"
             print(f"| {s['n'] or 'PU only'} | {s['rho']:.2f} | {s['rho_top_half']:.2f} | {100 * s['regret']:.1f} | "
                   f"{ms(s['pick_f1'])} ({s['pick']}) | {ms(s['best_baseline_f1'])} ({s['best_baseline']}) | "
-                  f"{ms(s['fitness_baseline_f1'])} ({s['fitness_baseline']}) |")
+                  f"{ms(s['fitness_baseline_f1'])} ({s['fitness_baseline']}) | {noise_cells(s)} |")
         if "shrink" in r:
             print("\nthreshold shrinkage (F1 on unused pool rows; inf = the PU rule alone): " + "; ".join(
                 f"N={n}: " + " ".join(f"{k}:{100 * v:.1f}" for k, v in row.items()) for n, row in r["shrink"].items()))

@@ -64,6 +64,21 @@ def test_proxy_validity_never_picks_the_oracle_and_ranks_the_top_half_on_its_own
     assert [r["fitness"] for r in pv.summarise(fitness, f1, f1, names)[:2]] == ["paired pu_auc @ 1 ep", "paired pu_auc @ 10 ep"]
 
 
+def test_test_noise_says_when_test_f1_cannot_rank_the_top_half():
+    """The split-half rho of test F1 is 1 where members differ far beyond seed noise and near 0
+    where the noise swamps them; the spread and the seed sd are in the same units as test F1."""
+    pbv = load_benchmark("proxy_by_validation")
+    rng = np.random.default_rng(0)
+    members, seeds, top = 30, 6, np.arange(15)
+    true = np.linspace(0.6, 0.9, members)
+    clear = pbv.test_noise(true + 0.001 * rng.normal(size=(seeds, members)), top)
+    assert clear["test_split_half_rho_top"] == pytest.approx(1.0)
+    assert clear["seed_sd"] < 0.002 and clear["top_half_spread"] == pytest.approx(np.std(true[top]), rel=0.01)
+    swamped = pbv.test_noise(0.8 + 0.05 * rng.normal(size=(seeds, members)), top)
+    assert abs(swamped["test_split_half_rho_top"]) < 0.6 and swamped["seed_sd"] == pytest.approx(0.05, rel=0.3)
+    assert pbv.test_noise(true[None, :], top)["seed_sd"] is None  # one test seed: nothing to split
+
+
 def test_proxy_by_validation_picks_by_fitness_seeds_and_scores_on_the_others(tmp_path):
     """The validation-size study: the pick is a candidate chosen on the fitness seeds alone, its test F1
     comes from the other seeds, and a cached run re-analyses to the same numbers without training."""
