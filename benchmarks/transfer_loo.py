@@ -12,7 +12,8 @@ searched loss buys on a data set it has never seen.
 
 Each folder holds train.parquet and test.parquet. A finished search is reused and an interrupted
 one resumed (searches are named ``loo-<set>`` under ``--storage``), and each held-out set's scoring
-is kept beside its search, so the benchmark can be run again after a stop; each row is printed and
+is kept beside its search, so the benchmark can be run again after a stop (``--held-out`` runs part
+of the table: each search still reads every other set of ``--data``); each row is printed and
 the JSON rewritten as soon as its set is scored. A search folder that was trained on another list of
 sets is refused, not reused (use another ``--storage``). ``--search-args "--pack 2 --rungs none"``
 passes options to every search.
@@ -106,15 +107,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--val-size", type=int, default=0, help="labelled rows per set (0: PU only)")
     p.add_argument("--storage", default="loo", help="where the searches' results folders go")
     p.add_argument("--search-args", default="", help="more options for every search, as one string")
+    p.add_argument("--held-out", nargs="+", metavar="NAME",
+                   help="hold out only these sets (folder names of --data), in this order: a long table run in parts")
     p.add_argument("--json")
     args = p.parse_args(argv)
     sets = [Path(d) for d in args.data]
     if len(sets) < 3 or len({s.name for s in sets}) < len(sets):
         p.error("--data needs at least 3 folders with distinct names (each search needs 2 sets or more)")
+    names = [s.name for s in sets]
+    unknown = sorted(set(args.held_out or []) - set(names))
+    if unknown:
+        p.error(f"--held-out {' '.join(unknown)}: not among --data's folders {names}")
+    order = [sets[names.index(n)] for n in args.held_out] if args.held_out else sets
     rows = []
-    for held_out in sets:
+    for held_out in order:
         rows.append(row_for(held_out, score_on(held_out, search_without(held_out, sets, args), args)))
-        print(f"transfer_loo: {len(rows)}/{len(sets)} held out {held_out.name}: " + table_lines(rows)[-2], flush=True)
+        print(f"transfer_loo: {len(rows)}/{len(order)} held out {held_out.name}: " + table_lines(rows)[-2], flush=True)
         if args.json:
             write_json(Path(args.json), rows)
     print("\n".join(table_lines(rows)))

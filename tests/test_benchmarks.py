@@ -104,7 +104,8 @@ def test_proxy_by_validation_picks_by_fitness_seeds_and_scores_on_the_others(tmp
 @pytest.mark.slow
 def test_transfer_loo_searches_without_the_held_out_set_and_scores_on_it(tmp_path):
     """Three tiny sets: each search reads the other two only, each row scores on its held-out set,
-    and a second run reuses the finished searches instead of searching again."""
+    a second run reuses the finished searches instead of searching again, and --held-out runs part
+    of the table from them."""
     from conftest import write_embeddings
 
     rng = np.random.default_rng(0)
@@ -134,6 +135,13 @@ def test_transfer_loo_searches_without_the_held_out_set_and_scores_on_it(tmp_pat
     assert {p: p.stat().st_mtime_ns for p in storage.rglob("evaluations.jsonl")} == logs, "finished searches reused"
     assert {p: p.stat().st_mtime_ns for p in storage.rglob("transfer_score.json")} == scores, "scorings reused"
     assert "3/3 held out c" in (tmp_path / "again.log").read_text()
+    # part of the table, in the order asked: the same searches and scorings, nothing rewritten
+    part = argv + ["--held-out", "c", "a"]
+    assert run_while_progressing(part, REPO, tmp_path / "part.log", 300, storage) == 0
+    assert [r["held_out"] for r in json.loads(out.read_text())] == ["c", "a"]
+    assert {p: p.stat().st_mtime_ns for p in storage.rglob("transfer_score.json")} == scores
+    unknown = subprocess.run(argv + ["--held-out", "z"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "--held-out z: not among" in unknown.stderr
     # another list of sets into the same storage: refused before any search, nothing rewritten
     shutil.copytree(tmp_path / "c", tmp_path / "d")
     other = [*argv[:3], *(str(tmp_path / n) for n in "abd"), *argv[6:]]
