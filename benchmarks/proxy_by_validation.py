@@ -18,8 +18,8 @@ Cross-fitted: a loss's *fitness* is its mean over the first ``--fitness-seeds`` 
 F1* the mean over the others, so training noise shared by both cannot make a proxy look good.
 Printed per (set, labelling, N): Spearman rho(fitness, test F1) overall and in the top half by
 fitness; beside it, how far noise lets that rho go (the same rho with the fitness seeds' own test
-F1 as the fitness, test F1's split-half rho, the top half's spread against one loss's seed sd); the regret of the top pick (best test F1 among all losses minus the pick's), and the
-table "pick vs best baseline" (test F1 mean +- sd over the test seeds); and per baseline the test
+F1 as the fitness, test F1's split-half rho, the top half's spread against one loss's seed sd); the
+regret of the top pick (best test F1 among all losses minus the pick's), and the table "pick vs best baseline" (test F1 mean +- sd over the test seeds); and per baseline the test
 F1 with its PU threshold, with the N-row threshold alone, and with N-row epoch selection too.
 ``--table-from out.json`` re-prints a saved run.
 """
@@ -127,6 +127,7 @@ def condition(trace: Trace, n: int, args, select_on_pool: bool = True, threshold
 
 
 def top_half(fitness: np.ndarray) -> np.ndarray:
+    """Indices of the top half by ``fitness`` (at least 3), best first; NaN fitness last."""
     order = np.argsort(-np.nan_to_num(fitness, nan=-np.inf))
     return order[: max(3, len(order) // 2)]
 
@@ -148,16 +149,15 @@ def summarise(traces: list[Trace], n: int, args) -> dict:
     f1_runs = np.array([condition(t, n, args)[1] for t in test_seeds])
     f1 = np.nanmean(f1_runs, axis=0)
     names = traces[0].names
-    order = np.argsort(-np.nan_to_num(fitness, nan=-np.inf))
-    top = top_half(fitness)
+    top = top_half(fitness)  # best first
     cands = [i for i, name in enumerate(names) if name.startswith("cand")]
     pick = max(cands, key=lambda i: np.nan_to_num(fitness[i], nan=-np.inf))
     base = [i for i, name in enumerate(names) if not name.startswith("cand")]
     best_base = max(base, key=lambda i: np.nan_to_num(f1[i], nan=-np.inf))  # on test: generous to the baselines
     baseline_pick = max(base, key=lambda i: np.nan_to_num(fitness[i], nan=-np.inf))  # what the fitness would ship
     return {
-        "n": n, "rho": spearman(fitness, f1), "rho_top_half": top_half_rho(fitness, f1),
-        "regret": float(np.nanmax(f1) - f1[order[0]]), "pick": names[pick],
+        "n": n, "rho": spearman(fitness, f1), "rho_top_half": spearman(fitness[top], f1[top]),
+        "regret": float(np.nanmax(f1) - f1[top[0]]), "pick": names[pick],
         "pick_f1": [float(v) for v in f1_runs[:, pick]], "best_baseline": names[best_base],
         "best_baseline_f1": [float(v) for v in f1_runs[:, best_base]],
         "fitness_baseline": names[baseline_pick], "fitness_baseline_f1": [float(v) for v in f1_runs[:, baseline_pick]],
@@ -225,7 +225,8 @@ def shrink_study(traces: list[Trace], sizes=(50, 100, 200, 500)) -> dict:
 def noise_cells(row: dict) -> str:
     if row.get("seed_sd") is None:  # one test seed, or a JSON from before these columns
         return "- | - | -"
-    return f"{row['rho_top_half_test_as_fitness']:.2f} | {row['test_split_half_rho_top']:.2f} | {100 * row['top_half_spread']:.1f} / {100 * row['seed_sd']:.1f}"
+    return (f"{row['rho_top_half_test_as_fitness']:.2f} | {row['test_split_half_rho_top']:.2f} | "
+            f"{100 * row['top_half_spread']:.1f} / {100 * row['seed_sd']:.1f}")
 
 
 def print_tables(results: dict) -> None:
