@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--storage", default="loo", help="where the searches' results folders go")
     p.add_argument("--search-args", default="", help="more options for every search, as one string")
     p.add_argument("--held-out", nargs="+", metavar="NAME",
-                   help="hold out only these sets (folder names of --data), in this order: a long table run in parts")
+                   help="hold out only these sets (folder names of --data), in this order: a long table run in parts; "
+                        "--json then holds these rows only (a run without it rebuilds the whole table from the kept "
+                        "searches and scorings, without training)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     sets = [Path(d) for d in args.data]
