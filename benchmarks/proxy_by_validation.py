@@ -263,6 +263,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=7)
     p.add_argument("--fitness-seeds", type=int, default=2, help="the first seeds give fitness, the rest test F1")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--order", type=int, default=2, help="the Taylor order of the candidates (the product's default: 2)")
     p.add_argument("--pu-fitness", default="pu_pauc")
     p.add_argument("--val-metrics", nargs="+", default=["auc", "f1"], help="the labelled set's fitness, each in turn")
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -276,14 +277,15 @@ def main() -> None:
     if args.seeds <= args.fitness_seeds:
         p.error(f"--seeds must exceed --fitness-seeds ({args.fitness_seeds}): the rest give test F1")
     cfg = PUConfig(epochs=args.epochs)
-    candidates = draw_candidates(args.candidates, seed=0)
+    candidates = draw_candidates(args.candidates, seed=0, order=args.order)
+    family = f"{args.candidates}" if args.order == 2 else f"{args.candidates}o{args.order}"  # order 2 keeps old trace names
     results = {}
     for path in args.data:
         train, test = load(path)
         for labelling in args.labellings:
             started = time.perf_counter()
             name = Path(path).name if path else "built-in"
-            traces = [cached_trace(args.traces, f"{name}-{labelling}-{args.candidates}-{args.epochs}-{s}",
+            traces = [cached_trace(args.traces, f"{name}-{labelling}-{family}-{args.epochs}-{s}",
                                    lambda s=s: trace_seed(train, test, labelling, s, candidates, cfg))
                       for s in range(args.seeds)]
             for metric in args.val_metrics:

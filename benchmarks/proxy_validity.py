@@ -56,9 +56,9 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if keep.sum() > 2 else float("nan")
 
 
-def draw_candidates(n: int, seed: int) -> list[dict]:
-    """Taylor candidates around pan, naive and upu at three noise scales (clipped to the box)."""
-    space, rng = TaylorSpace(2), np.random.default_rng(seed)
+def draw_candidates(n: int, seed: int, order: int = 2) -> list[dict]:
+    """Taylor candidates of ``order`` around pan, naive and upu at three noise scales (clipped to the box)."""
+    space, rng = TaylorSpace(order), np.random.default_rng(seed)
     centres = [space.seed_point(name) for name in ("pan", "naive", "upu")]
     out = []
     for i in range(n):

@@ -64,6 +64,14 @@ def test_proxy_validity_never_picks_the_oracle_and_ranks_the_top_half_on_its_own
     assert [r["fitness"] for r in pv.summarise(fitness, f1, f1, names)[:2]] == ["paired pu_auc @ 1 ep", "paired pu_auc @ 10 ep"]
 
 
+def test_candidates_of_a_higher_order_are_drawn_around_the_same_losses():
+    from benchmarks.proxy_validity import draw_candidates
+
+    assert draw_candidates(6, seed=0) == draw_candidates(6, seed=0, order=2), "order 2 stays the default draw"
+    third = draw_candidates(6, seed=0, order=3)
+    assert all(c["order"] == 3 and len(c["coefficients"]) == 50 and len(c["center"]) == 4 for c in third)
+
+
 def test_test_noise_says_when_test_f1_cannot_rank_the_top_half():
     """The split-half rho of test F1 is 1 where members differ far beyond seed noise and near 0
     where the noise swamps them; the spread and the seed sd are in the same units as test F1."""

@@ -67,6 +67,12 @@ def test_search_evaluates_exactly_the_budget_reevaluates_the_elites_and_exports_
     assert winner["lcb"] == max(r["lcb"] for r in record["rows"] if r["lcb"] is not None)
     assert TaylorLoss.load(folder / "best_loss.json").coefficients == pytest.approx(winner["vector"][:-4])
     assert any("shrinkage" in line for line in lines) or record["shrinkage"] is None
+    # the shrinkage compares like with like: only elites whose search fitness came from the full epochs
+    full = [r for r in record["rows"] if r["search_fitness"] is not None
+            and next(e for e in told if e.id == r["id"]).details["epochs"] == r["details"]["epochs"]]
+    assert record["shrinkage_elites"] == len(full)
+    if full:
+        assert record["shrinkage"] == pytest.approx(np.mean([r["search_fitness"] - r["reevaluated_fitness"] for r in full]))
 
     rows = list(csv.DictReader(open(folder / "leaderboard.csv")))
     assert len(rows) == 6 and float(rows[0]["fitness"]) == max(e.fitness for e in told)

@@ -184,6 +184,27 @@ def test_elites_skip_copies_of_a_control_or_of_a_better_elite():
     assert exact[0]["exact"] == "pan" and "exact" not in exact[1]
 
 
+def test_shrinkage_counts_only_elites_searched_at_the_full_epochs():
+    from search.engine.reevaluation import summarise
+    from trainers.boundary import CandidateResult
+
+    def result(i, fitness):
+        return CandidateResult(i, fitness, "ok", {"epochs": 10, "sd": [0.1], "scale": [1.0]})
+
+    # halving stopped elite 2 after 3 epochs, where every margin is lower: not the same quantity
+    chosen = [{"id": -1, "source": "control:pan", "vector": [0.0], "search_fitness": None},
+              {"id": 1, "source": "optimizer", "vector": [1.0], "search_fitness": 0.5, "search_epochs": 10},
+              {"id": 2, "source": "optimizer", "vector": [2.0], "search_fitness": -3.0, "search_epochs": 3},
+              {"id": 3, "source": "recommendation", "vector": [3.0], "search_fitness": None}]
+    results = [result(-1, 0.0), result(1, 0.2), result(2, 0.1), result(3, 0.05)]
+    record = summarise(chosen, results, members=4)
+    assert record["shrinkage"] == pytest.approx(0.3) and record["shrinkage_elites"] == 1
+    # a search that trains every candidate to the end records no epochs (the preference task): all count
+    unrecorded = [{k: v for k, v in e.items() if k != "search_epochs"} for e in chosen]
+    assert summarise(unrecorded, results, members=4)["shrinkage"] == pytest.approx((0.3 - 3.1) / 2)
+    assert summarise(chosen[:1] + chosen[2:], results, members=4)["shrinkage"] is None
+
+
 def test_save_with_overwrite_replaces_the_folder_instead_of_merging(tmp_path, capsys):
     model = tmp_path / "model"
     model.mkdir()

@@ -33,7 +33,8 @@ LCB_Z = 1.0  # the winner maximises mean - 1 standard error of its re-evaluated 
 
 def elites(folder: Path, opts, searcher, plan) -> list[dict]:
     """The elites of the search in ``folder`` (see :func:`choose_elites`)."""
-    told = [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness}
+    told = [{"id": e.id, "source": e.source, "vector": list(e.vector), "search_fitness": e.fitness,
+             "search_epochs": (e.details or {}).get("epochs")}
             for e in EvaluationLog(folder).told() if e.status == "ok"]
     return choose_elites(told, searcher.optimizer.provide_recommendation().value, plan.controls,
                          opts.task_options.reevaluate, opts.budget)
@@ -152,10 +153,20 @@ def summarise(chosen: list[dict], results: list[CandidateResult], members: int, 
     ok = [row for row in rows if row["lcb"] is not None]
     winner = max(ok, key=lambda row: (row["lcb"], -row["id"]), default=None)
     shrink = [row["search_fitness"] - baseline - row["reevaluated_fitness"] for row in ok
-              if row["search_fitness"] is not None and baseline is not None]
+              if row["search_fitness"] is not None and baseline is not None and fully_trained(row)]
     return {"members_per_candidate": members, "z": LCB_Z, "rows": rows,
             "winner": None if winner is None else winner["id"],
-            "shrinkage": float(np.mean(shrink)) if shrink else None}
+            "shrinkage": float(np.mean(shrink)) if shrink else None, "shrinkage_elites": len(shrink)}
+
+
+def fully_trained(row: dict) -> bool:
+    """Whether an elite's search fitness was measured at the epochs it was re-evaluated at. Halving
+    stops most candidates at an early rung, where every margin is far lower (the controls learn
+    faster in the first epochs): their search fitness is not the same quantity, and counting them
+    in the shrinkage made it negative in every multi-set search. Without a recorded epoch count
+    (the preference search trains every candidate to the end) the fitness counts."""
+    searched = row.get("search_epochs")
+    return searched is None or searched == (row.get("details") or {}).get("epochs", searched)
 
 
 def write_reevaluation_csv(path: Path, record: dict) -> None:
@@ -181,7 +192,9 @@ def format_reevaluation(record: dict) -> str:
                      f"{r['lcb']:>9.4f}{mark}")
     if record["shrinkage"] is not None:
         # Signed: positive when the search over-rated its elites (the usual winner's curse), negative when it under-rated them.
-        lines.append(f"shrinkage (the elites' search fitness minus their re-evaluated fitness, mean): {record['shrinkage']:+.4f}")
+        over = record.get("shrinkage_elites")
+        lines.append(f"shrinkage (the elites' search fitness minus their re-evaluated fitness, mean"
+                     f"{'' if over is None else f' over the {over} searched at the full epochs'}): {record['shrinkage']:+.4f}")
     return "\n".join(lines)
 
 
