@@ -155,3 +155,32 @@ def test_kmeans_assigns_in_blocks_exactly_as_in_one_pass():
     x, centres = rng.normal(size=(5000, 16)), rng.normal(size=(6, 16))
     whole = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
     assert np.array_equal(_nearest(x, centres, rows=333), whole) and np.array_equal(_nearest(x, centres), whole)
+
+
+def test_without_the_truth_the_hand_labelled_rows_give_the_class_prior(tmp_path):
+    """A user's data has no truth, so nnPU/uPU, a prior-needing fitness and exact nnPU/uPU controls
+    once needed --prior; a random labelled validation set estimates it (its positive share), in
+    train-pu and in a search alike. Benchmark data keeps the truth, its best case."""
+    from search.cli import build_parser, search_options
+    from tests.conftest import write_embeddings
+
+    train, test = synthetic_pu_problem()
+    labelled = PUData.from_table(train, 0.1, seed=0).labelled
+    user = EmbeddingTable(train.x, None, labelled, "user")  # labelled positives, no truth
+    val = write_embeddings(tmp_path / "val.parquet", test.x[:200], label=test.label[:200])
+    share = float(test.label[:200].mean())
+    assert abs(share - float(train.label.mean())) > 1e-6, "the test would not tell the estimate from the truth"
+    cfg = PUConfig(loss="nnpu", epochs=1, hidden=16, val=str(val))
+    assert train_pu(cfg, user)["prior_used"] == pytest.approx(share)
+    with pytest.raises(UsageError, match="--prior, or --val"):
+        train_pu(replace(cfg, val=None), user)
+    assert train_pu(cfg, train)["prior_used"] == pytest.approx(float(train.label.mean()))
+
+    user_file = write_embeddings(tmp_path / "user.parquet", train.x, labelled=labelled.astype(np.int8))
+    args = build_parser().parse_args(["search", "--train", str(user_file), "--val", str(val), "--controls",
+                                      "pan,naive,nnpu", "--storage", str(tmp_path / "runs")])
+    task, opts = search_options(args)
+    assert task.read_inputs(opts).priors == [pytest.approx(share)]
+    args.val, args.exact_controls = None, True  # PU-only searches train Taylor controls unless told
+    with pytest.raises(UsageError, match="--controls nnpu"):
+        task.read_inputs(search_options(args)[1])

@@ -90,7 +90,7 @@ class PUConfig:
     val: str | None = opt(None, VAL_HELP)
     val_size: int = opt(0, VAL_SIZE_HELP)
     val_metric: str = opt(DEFAULT_VAL_METRIC, "with a labelled validation set: its fitness", choices=VAL_METRICS)
-    prior: float | None = opt(None, "class prior for upu/nnpu (benchmark data: the truth)")
+    prior: float | None = opt(None, "class prior for upu/nnpu (benchmark data: the truth; else with --val: its positive share)")
     seed: int = opt(0, "PU labelling, validation split, initial weights and batch order")
     epochs: int = opt(30, "training epochs (the epoch with the best validation fitness is kept)")
     batch_size: int = opt(256, "pairs of (labelled, unlabelled) points per step")

@@ -593,14 +593,16 @@ def default_data() -> tuple[EmbeddingTable, EmbeddingTable]:
 
 
 def prior_for(method: str, cfg: PUConfig, data: PUData | PUShare) -> float | None:
-    """The prior a run is given when its loss or its fitness needs one: --prior, else in benchmark
-    mode the truth (its best case). The one rule: in-process, every --workers worker, and the
-    --workers driver's check before the job starts all call this."""
+    """The prior a run is given when its loss or its fitness needs one: --prior, else what the data
+    knows (:meth:`PUData.known_prior`: the truth in benchmark mode, else the hand-labelled rows).
+    The one rule: in-process, every --workers worker, the --workers driver's check before the job
+    starts and the search's inputs all call this."""
     if method not in NEEDS_PRIOR and cfg.fitness not in FITNESS_NEEDS_PRIOR:
         return None
-    prior = cfg.prior if cfg.prior is not None else data.true_prior
+    prior = cfg.prior if cfg.prior is not None else data.known_prior
     if prior is None:
-        raise UsageError(f"{method} needs the class prior: pass --prior (no truth 'label' to take it from)")
+        raise UsageError(f"{method} needs the class prior: pass --prior, or --val with hand-labelled random rows "
+                         "to estimate it from (no truth 'label' to take it from)")
     return prior
 
 

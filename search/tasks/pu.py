@@ -29,7 +29,8 @@ class PUSearchOptions:
     val_size: int = opt(0, VAL_SIZE_HELP + " (per --train)")
     val_metric: str = opt(DEFAULT_VAL_METRIC, "with a labelled validation set: each member's metric on it",
                           choices=VAL_METRICS)
-    prior: float | None = opt(None, "class prior, for a fitness that needs one (benchmark data: the truth)")
+    prior: float | None = opt(None, "class prior, for a fitness or control that needs one (benchmark data: the "
+                              "truth; else with --val: its positive share)")
     fitness: str = opt(SEARCH_DEFAULT_FITNESS, "each member's validation metric without a labelled validation set "
                        "(PU information only)", choices=PU_FITNESS + TRUTH_FITNESS)
     folds: int = opt(2, "validation folds per candidate (labelled/validation partitions, re-drawn for every pack)")
@@ -158,13 +159,13 @@ class PUTask:
                 test = read_table(opts.test[i], need="label")
                 if test.dim != data.dim:
                     raise UsageError(f"{opts.test[i]}: test embeddings have dimension {test.dim}, {source} has {data.dim}")
-            priors.append(o.prior if o.prior is not None else data.true_prior)
+            priors.append(o.prior if o.prior is not None else data.known_prior)
         if o.fitness in FITNESS_NEEDS_PRIOR and any(p is None for p in priors):
-            raise UsageError(f"fitness {o.fitness} needs the class prior: pass --prior")
+            raise UsageError(f"fitness {o.fitness} needs the class prior: pass --prior, or --val to estimate it from")
         with_prior = sorted(set(NEEDS_PRIOR) & set(o.controls))
         if o.controls_exact() and with_prior and None in priors:
             raise UsageError(f"--controls {','.join(with_prior)} trained exactly need the class prior: pass --prior "
-                             "(or --no-exact-controls for their Taylor points)")
+                             "or --val to estimate it from (or --no-exact-controls for their Taylor points)")
         return PUInputs(priors, samples)
 
     def seed_vectors(self, opts: SearchOptions, inputs: PUInputs) -> list:

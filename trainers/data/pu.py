@@ -105,6 +105,16 @@ class PUData:
         """P(y = 1) from the truth (benchmark mode only)."""
         return None if self.truth is None else float(self.truth.mean())
 
+    @property
+    def known_prior(self) -> float | None:
+        """P(y = 1) as far as the run can know it without --prior: the truth in benchmark mode
+        (its best case), else the positive share of the hand-labelled rows. Those are a random
+        sample of the data, so the share estimates the prior (sd ~0.024 at 200 rows and a prior
+        of 0.13); the labelled positives cannot (their fraction of the positives is unknown)."""
+        if self.truth is not None:
+            return self.true_prior
+        return None if self.labelled_val is None else float(self.labelled_val.y.mean())
+
     def fold(self, val_frac: float, entropy: Sequence[int]) -> "Fold":
         """A validation split drawn from ``entropy`` (a seed sequence): stratified on labelled
         vs unlabelled, at least one row of each group on each side."""
@@ -367,6 +377,10 @@ class PUShare:
     @property
     def dim(self) -> int:
         return self.x.shape[1]
+
+    @property
+    def known_prior(self) -> float | None:
+        return self.true_prior  # --workers takes no labelled rows (see PUData.known_prior)
 
 
 def read_pu_share(source: str, rank: int, world: int, labelled_frac: float, seed: int, val_frac: float) -> PUShare:
