@@ -64,6 +64,23 @@ def test_proxy_validity_never_picks_the_oracle_and_ranks_the_top_half_on_its_own
     assert [r["fitness"] for r in pv.summarise(fitness, f1, f1, names)[:2]] == ["paired pu_auc @ 1 ep", "paired pu_auc @ 10 ep"]
 
 
+def test_pu_baselines_can_give_nnpu_the_prior_a_user_would_estimate_from_labelled_rows(capsys):
+    """--prior-from-val: nnPU/uPU get the positive share of the very rows each seed validates on,
+    not the truth; the other methods need no prior and train as before."""
+    from trainers.data.pu import draw_labelled_set
+    from trainers.data.synthetic import synthetic_pu_problem
+
+    bench = load_benchmark("pu_baselines")
+    table = bench.run(["--seeds", "2", "--epochs", "1", "--methods", "nnpu,naive", "--val-size", "100", "--prior-from-val"])
+    assert set(table) == {"nnpu", "naive"} and table["nnpu"]["runs_ok"] == 2
+    train = synthetic_pu_problem()[0]
+    shares = [draw_labelled_set(train, 100, seed)[1].y.mean() for seed in (0, 1)]
+    assert f"priors used (from the labelled rows) {shares[0]:.3f}, {shares[1]:.3f}" in capsys.readouterr().out
+    assert all(abs(s - train.label.mean()) > 1e-3 for s in shares), "the estimate would be indistinguishable from the truth"
+    with pytest.raises(SystemExit):
+        bench.run(["--prior-from-val"])
+
+
 def test_candidates_of_a_higher_order_are_drawn_around_the_same_losses():
     from benchmarks.proxy_validity import draw_candidates
 
