@@ -145,7 +145,7 @@ def test_a_relative_val_path_reaches_the_workers_and_the_record(tmp_path, local_
 
 def test_with_labelled_rows_the_controls_train_exactly_and_a_control_that_wins_is_exported_by_name(tmp_path, local_ray):
     """--val-size: the controls are the exact hand-made losses (no longer their Taylor points, as
-    with PU only), in the packs and in the re-evaluation; the export follows the winner."""
+    with PU only), nnPU among them, in the packs and in the re-evaluation; the export follows the winner."""
     opts = SearchOptions(name="exact", storage=str(tmp_path), budget=2, pack=2, epochs=2, concurrency=1,
                          seed_losses=["naive"], task_options=PUSearchOptions(val_size=300, rungs=[], reevaluate=1,
                                                                                reevaluation_folds=2))
@@ -155,7 +155,8 @@ def test_with_labelled_rows_the_controls_train_exactly_and_a_control_that_wins_i
     assert seed.status == "ok" and seed.fitness != 0.0, "naive's Taylor point is paired with the exact naive"
     record = json.loads((folder / "reevaluation.json").read_text())
     controls = {r["source"]: r.get("exact") for r in record["rows"] if r["source"].startswith("control:")}
-    assert controls == {"control:pan": "pan", "control:naive": "naive"}
+    assert controls == {"control:pan": "pan", "control:naive": "naive", "control:nnpu": "nnpu"}, \
+        "with labelled rows the prior is known and nnPU joins the default controls"
     winner = next(r for r in record["rows"] if r["id"] == record["winner"])
     exported = json.loads((folder / "best_loss.json").read_text())
     assert exported["family"] == ("exact" if winner.get("exact") else "taylor")
