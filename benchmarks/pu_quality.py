@@ -1,6 +1,6 @@
 """A searched loss side by side with every PU baseline (naive/upu/nnpu/vpu/pan/oracle).
 
-    python benchmarks/pu_quality.py --loss zoo:pu-taylor-v2 --train ../shared/data/pu/rt/train.parquet \
+    python benchmarks/pu_quality.py --loss zoo:pu-taylor-v3 --train ../shared/data/pu/rt/train.parquet \
         --test ../shared/data/pu/rt/test.parquet --seeds 5 [--json out.json]
 
 The same harness as pu_baselines.py (one table, mean +- sd over seeds); --json writes

@@ -117,7 +117,7 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
     assert "unknown loss 'nope'" in err and "--prior" in err
 
 
-@pytest.mark.parametrize("name", ["pu-taylor-v1", "pu-taylor-v2"])
+@pytest.mark.parametrize("name", ["pu-taylor-v1", "pu-taylor-v2", "pu-taylor-v3"])
 def test_the_zoo_losses_ship_and_train(name, capsys):
     from trainers.pu import resolve_loss, zoo_names
 
