@@ -28,6 +28,23 @@ def test_bad_search_options_fail_before_ray_starts(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_search_can_start_from_a_shipped_loss_of_its_order(tmp_path, capsys):
+    """--seed-losses zoo:NAME: the zoo file's exact coefficients are the first ask; a zoo loss of
+    another order, or one the zoo lacks, is refused before anything starts."""
+    from search.engine.space import TaylorSpace
+    from trainers.pu import resolve_loss
+
+    space = TaylorSpace(order=2)
+    point = space.seed_point("zoo:pu-taylor-v3")
+    assert np.allclose(point, space.to_vector(resolve_loss("zoo:pu-taylor-v3")))
+    assert not np.allclose(point, space.seed_point("pan"))
+    for bad, says in [(["--order", "3"], "order 2"), ([], "zoo:nope")]:
+        name = "zoo:nope" if not bad else "zoo:pu-taylor-v3"
+        assert main(["search", "--name", "x", "--storage", str(tmp_path), "--seed-losses", f"pan,{name}", *bad]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_submit_passes_every_search_option_through():
     from search.engine.options import options_from_args, search_argv
 

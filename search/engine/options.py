@@ -39,7 +39,7 @@ class SearchOptions:
     cpus_per_worker: float = opt(1.0, "CPUs per Train worker")
     gpus_per_worker: float = opt(0.0, "GPUs per Train worker (fractional allowed)")
     epochs: int | None = opt(None, "per candidate (default: 10 for pu, 3 for dpo)")
-    seed_losses: list[str] | None = opt(None, "hand-made losses evaluated first: pan,naive,upu,nnpu (pu; default pan), "
+    seed_losses: list[str] | None = opt(None, "losses evaluated first: pan,naive,upu,nnpu or zoo:NAME (pu; default pan), "
                                               "dpo,sigmoid,brier (dpo; default dpo)")
     seed: int = opt(0, "labelling, folds, optimiser and training seeds")
     max_failures: int = opt(2, "Train restarts per pack after a node loss")
