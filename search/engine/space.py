@@ -20,7 +20,7 @@ from trainers.losses.preference_taylor import PreferenceTaylorLoss, check_order,
 from trainers.losses.seeds import taylor_point
 from trainers.errors import UsageError
 from trainers.losses.taylor import VARIABLES, TaylorLoss, coefficient_names, num_coefficients
-from trainers.zoo import ZOO_PREFIX, zoo_spec
+from trainers.zoo import ZOO_PREFIX
 
 
 class LossSpace(Protocol):
@@ -83,10 +83,9 @@ class TaylorSpace:
         """A hand-made loss (pan, naive, upu, nnpu), or a shipped one (zoo:NAME) of this order, as a
         point of this space: a search can start from what earlier searches found."""
         if name.startswith(ZOO_PREFIX):
-            loss = TaylorLoss.from_dict(zoo_spec(name, "taylor"))
-            if loss.order != self.order:
-                raise UsageError(f"{name} is a Taylor loss of order {loss.order}; this search's --order is {self.order}")
-            return self.to_vector(loss)
+            from trainers.pu import resolve_loss
+
+            return self.to_vector(resolve_loss(name))  # to_vector refuses a loss of another order
         return self.to_vector(taylor_point(name, self.order, prior=prior))
 
     def split(self, vector) -> tuple[list[float], list[float]]:

@@ -82,7 +82,11 @@ class PUSearchOptions:
         against unlabelled rows, which is what the naive loss itself minimises: exact naive then
         wins every pairing (first run: every candidate -0.14 or worse, PAN -0.12), and the search
         could only ever export naive. Labelled rows score what the user wants instead."""
-        return self.exact_controls if self.exact_controls is not None else bool(self.val or self.val_size)
+        return self.exact_controls if self.exact_controls is not None else self.has_labelled_rows()
+
+    def has_labelled_rows(self) -> bool:
+        """A hand-labelled validation set: --val, or benchmark mode's --val-size."""
+        return bool(self.val or self.val_size)
 
     def control_names(self) -> list[str]:
         """--controls, else the default. With labelled rows the prior is known (the truth, or the
@@ -92,7 +96,7 @@ class PUSearchOptions:
         there the prior may be unknown."""
         if self.controls is not None:
             return self.controls
-        return ["pan", "naive", "nnpu"] if self.val or self.val_size else ["pan", "naive"]
+        return ["pan", "naive", "nnpu"] if self.has_labelled_rows() else ["pan", "naive"]
 
     def labelling_fields(self) -> dict:
         """The PUConfig fields that say how a training set is labelled and validated: the search's
