@@ -45,6 +45,32 @@ def test_a_search_can_start_from_a_shipped_loss_of_its_order(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_order_2_search_starts_from_pan_and_the_shipped_losses(tmp_path):
+    """By default a PU search of order 2 seeds PAN and the shipped v2/v3 (each exactly: inside the
+    space's bounds, so the exported file of a winning seed trains as --loss zoo:NAME); another
+    order has no shipped loss, so PAN alone; --seed-losses replaces the default; and the final
+    report's note names a shipped loss the re-evaluation exported."""
+    from search.engine.options import with_task_defaults
+    from search.engine.reevaluation import REEVALUATION_FILE, exported_loss_note
+    from search.engine.space import TaylorSpace
+    from trainers.pu import resolve_loss
+
+    pu = TASKS["pu"]
+    shipped = ["zoo:pu-taylor-v2", "zoo:pu-taylor-v3"]
+    assert with_task_defaults(pu, SearchOptions()).seed_losses == ["pan", *shipped]
+    assert with_task_defaults(pu, SearchOptions(order=3)).seed_losses == ["pan"]
+    assert with_task_defaults(pu, SearchOptions(seed_losses=["naive"])).seed_losses == ["naive"]
+    assert with_task_defaults(TASKS["dpo"], SearchOptions(task="dpo")).seed_losses == ["dpo"]
+    space = TaylorSpace(order=2)
+    for name in shipped:
+        loss, point = resolve_loss(name), space.to_loss(space.seed_point(name))
+        assert point.coefficients == pytest.approx(loss.coefficients, abs=0) and point.center == pytest.approx(loss.center, abs=0)
+    (tmp_path / REEVALUATION_FILE).write_text(json.dumps(
+        {"winner": 1, "rows": [{"id": 1, "source": "seed:zoo:pu-taylor-v2"}, {"id": -2, "source": "control:naive"}]}))
+    note = exported_loss_note(tmp_path)
+    assert note.startswith("the exported loss is the shipped zoo:pu-taylor-v2") and "--loss zoo:pu-taylor-v2" in note
+
+
 def test_submit_passes_every_search_option_through():
     from search.engine.options import options_from_args, search_argv
 

@@ -39,7 +39,8 @@ class SearchOptions:
     cpus_per_worker: float = opt(1.0, "CPUs per Train worker")
     gpus_per_worker: float = opt(0.0, "GPUs per Train worker (fractional allowed)")
     epochs: int | None = opt(None, "per candidate (default: 10 for pu, 3 for dpo)")
-    seed_losses: list[str] | None = opt(None, "losses evaluated first: pan,naive,upu,nnpu or zoo:NAME (pu; default pan), "
+    seed_losses: list[str] | None = opt(None, "losses evaluated first: pan,naive,upu,nnpu or zoo:NAME (pu; default pan and, at order 2, "
+                                              "zoo:pu-taylor-v2,zoo:pu-taylor-v3), "
                                               "dpo,sigmoid,brier (dpo; default dpo)")
     seed: int = opt(0, "labelling, folds, optimiser and training seeds")
     max_failures: int = opt(2, "Train restarts per pack after a node loss")
@@ -75,7 +76,7 @@ class SearchOptions:
 def with_task_defaults(task, opts: SearchOptions) -> SearchOptions:
     """``opts`` with ``task``'s defaults where the caller left None (epochs, seed losses, options)."""
     return replace(opts, epochs=opts.epochs if opts.epochs is not None else task.default_epochs,
-                   seed_losses=list(opts.seed_losses) if opts.seed_losses is not None else list(task.default_seed_losses),
+                   seed_losses=list(opts.seed_losses) if opts.seed_losses is not None else task.default_seed_losses(opts.order),
                    task_options=opts.task_options if opts.task_options is not None else task.options_class())
 
 

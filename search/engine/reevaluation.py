@@ -215,14 +215,19 @@ def read_reevaluation(folder: Path, told: int | None = None) -> dict | None:
     return record
 
 
-def exported_control_note(folder: Path) -> str | None:
-    """A line for the final report when the stage's winner is a control: no searched loss beat
-    the controls, so the exported file is that control (its exact loss, or with Taylor controls
-    its Taylor point, the exact loss then a flag away)."""
+def exported_loss_note(folder: Path) -> str | None:
+    """A line for the final report when the stage's winner is not a new candidate: a control (no
+    searched loss beat the controls, so the exported file is that control: its exact loss, or with
+    Taylor controls its Taylor point, the exact loss then a flag away) or a shipped loss the search
+    started from (``seed:zoo:NAME``: what an earlier search found beat this one's candidates)."""
     record = read_reevaluation(folder)
     if not record or record.get("winner") is None:
         return None
     row = next(r for r in record["rows"] if r["id"] == record["winner"])
+    if row["source"].startswith("seed:zoo:"):
+        name = row["source"].split(":", 1)[1]
+        return (f"the exported loss is the shipped {name}, a seed loss: on fresh folds or seeds it ranked above the "
+                f"controls and every new candidate; --loss {name} trains the same")
     if not row["source"].startswith("control:"):
         return None
     name = row["source"].split(":", 1)[1]

@@ -34,7 +34,8 @@ class Task(Protocol):
     name: str
     options_class: type  # the task's own options dataclass (SearchOptions.task_options)
     default_epochs: int
-    default_seed_losses: list[str]
+
+    def default_seed_losses(self, order: int) -> list[str]: ...  # --seed-losses when not given
 
     def space(self, order: int): ...  # a search.engine.space.LossSpace
 

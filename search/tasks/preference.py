@@ -60,8 +60,11 @@ class PreferenceTask:
 
     name, options_class = "dpo", PreferenceSearchOptions
     # DPO candidates train a transformer one after another, so a pack is slower per candidate.
-    default_epochs, default_seed_losses = 3, ["dpo"]
+    default_epochs = 3
     pack_candidates = 16
+
+    def default_seed_losses(self, order: int) -> list[str]:
+        return ["dpo"]
 
     def space(self, order: int):
         from search.engine.space import PreferenceTaylorSpace
@@ -147,14 +150,14 @@ class PreferenceTask:
 def final_dpo_report(folder: Path, opts, cfg, log=print) -> dict:
     """Train the best loss and plain DPO with the search's settings on data prepared once (in pair
     mode, over the search's cache), and score both on the test pairs."""
-    from search.engine.reevaluation import exported_control_note
+    from search.engine.reevaluation import exported_loss_note
     from trainers.data.pairs import read_pairs
     from trainers.dpo import default_pairs
     from trainers.loop import preference_candidates
     from trainers.losses.preference import resolve_preference_loss
     from trainers.losses.preference_taylor import PreferenceTaylorLoss
 
-    note = exported_control_note(folder)
+    note = exported_loss_note(folder)
     if opts.train:
         train, test = read_pairs(opts.train[0]), read_pairs(opts.test[0]) if opts.test else None
     else:
