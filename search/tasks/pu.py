@@ -172,10 +172,11 @@ class PUTask:
 
         o: PUSearchOptions = opts.task_options
         priors, samples = [], []
-        if not opts.train:
-            from trainers.data.synthetic import SyntheticSpec
+        if not opts.train:  # the built-in problem: its prior by the rule every --train follows
+            from trainers.data.synthetic import synthetic_pu_problem
 
-            priors.append(o.prior if o.prior is not None else SyntheticSpec().prior)
+            data = PUData.from_table(synthetic_pu_problem()[0], o.labelled_frac, opts.seed, o.labelling, o.val_size)
+            priors.append(o.prior if o.prior is not None else data.known_prior)
         for i, source in enumerate(opts.train):
             table = _training_table(opts, i)
             samples.append(table if o.sample_rows is not None else None)
