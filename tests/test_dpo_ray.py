@@ -67,15 +67,16 @@ def test_dpo_search_tells_every_candidate_reevaluates_elites_beside_dpo_and_scor
     assert all(e.vector not in seeds for e in told if not e.source.startswith("seed:"))  # the optimiser's own points
     assert all(e.status == "ok" and 0.0 <= e.fitness <= 1.0 for e in told)
     assert any("candidate 2/2" in line for line in lines)
-    # The re-evaluation: the dpo control, the top 2 distinct elites (seed:dpo is the control's own point, so
-    # it does not take an elite's place) and perhaps the recommendation, each trained on 2 fresh seeds; a
-    # fitness there is the paired margin in agreement over dpo on the same seed.
+    # The re-evaluation: the dpo control, the seed sigmoid (a seed loss is re-evaluated whatever its rank),
+    # the top 2 other distinct elites (seed:dpo is the control's own point, so it does not take an elite's
+    # place) and perhaps the recommendation, each trained on 2 fresh seeds; a fitness there is the paired
+    # margin in agreement over dpo on the same seed.
     record = json.loads((folder / "reevaluation.json").read_text())
     rows = {r["source"] if r["source"].startswith("control:") else r["id"]: r for r in record["rows"]}
     control = rows.pop("control:dpo")
     assert control["reevaluated_fitness"] == 0.0 and control["details"]["margins"] == [0.0, 0.0]
     searched = [r for r in rows.values() if r["search_fitness"] is not None]
-    assert len(searched) == 2 and all(r["id"] != 0 for r in searched)
+    assert sorted(r["id"] for r in searched) == [1, 2, 3], "seed:sigmoid beside the two optimiser points"
     for r in rows.values():
         agreements, margins = r["details"]["agreements"], r["details"]["margins"]
         assert len(margins) == 2 and all(0.0 <= a <= 1.0 for a in agreements)

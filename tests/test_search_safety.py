@@ -180,8 +180,24 @@ def test_elites_skip_copies_of_a_control_or_of_a_better_elite():
     chosen = choose_elites(told, [9.0, 2.0, 0.5], [pan], 1, 6)
     assert [e["id"] for e in chosen] == [-1, 1, 6], "a new recommendation is re-evaluated beside the elites"
     exact = choose_elites(told, [1.0, 2.0, 0.5], [{**pan, "exact": "pan"}], 2, 6)
-    assert [e["id"] for e in exact] == [-1, 0, 1], "an exact control is not its Taylor point: that may be an elite"
+    assert [e["id"] for e in exact] == [-1, 0, 1, 2], \
+        "an exact control is not its Taylor point: the seed is re-evaluated beside two elites"
     assert exact[0]["exact"] == "pan" and "exact" not in exact[1]
+
+
+def test_seed_losses_are_reevaluated_however_the_search_ranked_them():
+    from search.engine.reevaluation import choose_elites
+
+    pan = {"name": "pan", "coefficients": [1.0, 2.0], "center": [0.5]}
+    told = [{"id": 0, "source": "seed:pan", "vector": [1.0, 2.0, 0.5], "search_fitness": 0.0},
+            {"id": 1, "source": "seed:zoo:pu-taylor-v3", "vector": [7.0, 2.0, 0.5], "search_fitness": -0.9},
+            {"id": 2, "source": "optimizer", "vector": [3.0, 2.0, 0.5], "search_fitness": 0.7},
+            {"id": 3, "source": "optimizer", "vector": [4.0, 2.0, 0.5], "search_fitness": 0.6},
+            {"id": 4, "source": "seed:zoo:pu-taylor-v2", "vector": [3.0, 2.0, 0.5], "search_fitness": 0.5}]
+    chosen = choose_elites(told, [1.0, 2.0, 0.5], [pan], 1, 5)
+    assert [e["id"] for e in chosen] == [-1, 1, 4, 3], \
+        "the worst-ranked seed too, beside one elite; a seed equal to a control, or a copy of a seed, is trained once"
+    assert [e["source"] for e in chosen][1:3] == ["seed:zoo:pu-taylor-v3", "seed:zoo:pu-taylor-v2"]
 
 
 def test_shrinkage_counts_only_elites_searched_at_the_full_epochs():

@@ -45,7 +45,8 @@ class PUSearchOptions:
     rungs: list[int] = opt([1, 3], "successive halving: epochs at each rung before the last (the last is --epochs; "
                                    "rungs at or past it are dropped); none: every candidate trains every epoch")
     keep: float = opt(1 / 3, "share of candidates that train on after each rung")
-    reevaluate: int = opt(6, "elites retrained after the search on fresh folds and seeds (0: none)")
+    reevaluate: int = opt(6, "elites retrained after the search on fresh folds and seeds, beside the controls and "
+                             "the seed losses (0: none)")
     reevaluation_folds: int = opt(4, "folds per elite in the re-evaluation (never seen by the search)")
     reevaluation_seeds: int = opt(1, "seeds per elite and fold in the re-evaluation")
     sample_rows: int | None = opt(None, "search on a seeded sample of this many rows of each --train, stratified "
