@@ -23,6 +23,7 @@ from trainers.errors import DataError
 from trainers.files import complete_lines, write_text_atomic
 
 LOG_NAME = "evaluations.jsonl"
+SEED_SOURCE = "seed:"  # an ask's "source" for a seed loss: "seed:pan", "seed:zoo:NAME"
 
 
 @dataclass

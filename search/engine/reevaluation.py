@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.engine.evaluations import EvaluationLog
+from search.engine.evaluations import SEED_SOURCE, EvaluationLog
 from trainers.boundary import CandidateResult, PackJob, PackReport, loss_point, same_point
 from trainers.errors import DataWarning
 from trainers.files import read_json, write_json
@@ -59,11 +59,11 @@ def choose_elites(told: list[dict], recommendation, controls: list[dict], reeval
         return not any(same_point(e["vector"], c["vector"]) for c in chosen if not c.get("exact"))
 
     # A seed loss (a shipped zoo loss, or the user's) is re-evaluated like a control, beside the
-    # elites rather than in their place: whether it beats the controls on fresh folds is the question,
-    # and one noisy halving rung must not drop it (measured: a search with 200 labelled rows on DBpedia
-    # Album left v3 out of the elites and exported nnPU, while v3 beat nnPU by 3.3 F1 there).
+    # elites rather than in their place: whether it beats the controls on fresh folds is the question
+    # a user who seeds a loss asks, and one noisy halving rung must not drop it (on DBpedia Album with
+    # 200 labelled rows halving stopped v3 after 3 epochs; re-evaluated, it still trailed nnPU there).
     for e in sorted(told, key=lambda e: e["id"]):
-        if e["source"].startswith("seed:") and new(e):
+        if e["source"].startswith(SEED_SOURCE) and new(e):
             chosen.append(e)
     searched = len(chosen) + reevaluate
     for e in sorted(told, key=lambda e: (-e["search_fitness"], e["id"])):
@@ -232,7 +232,7 @@ def exported_loss_note(folder: Path) -> str | None:
     if not record or record.get("winner") is None:
         return None
     row = next(r for r in record["rows"] if r["id"] == record["winner"])
-    if row["source"].startswith("seed:zoo:"):
+    if row["source"].startswith(f"{SEED_SOURCE}zoo:"):
         name = row["source"].split(":", 1)[1]
         return (f"the exported loss is the shipped {name}, a seed loss: on fresh folds or seeds it ranked above the "
                 f"controls and every new candidate; --loss {name} trains the same")

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from ray.tune.search import Searcher
 
-from search.engine.evaluations import EvaluationLog
+from search.engine.evaluations import SEED_SOURCE, EvaluationLog
 from search.engine.space import LossSpace, make_nevergrad_optimizer
 from trainers.boundary import DIVERGED_FITNESS, PackReport, same_point
 
@@ -54,7 +54,7 @@ class PackSearcher(Searcher):
             if event["event"] == "ask":
                 if event["id"] in self._candidates:
                     continue
-                if seeds and event.get("source", "").startswith("seed:"):
+                if seeds and event.get("source", "").startswith(SEED_SOURCE):
                     self.optimizer.suggest(np.asarray(seeds.pop(0)[1]))
                 candidate = self.optimizer.ask()
                 if not same_point(candidate.value, event["vector"]):
@@ -115,7 +115,7 @@ class PackSearcher(Searcher):
         if self._seeds:
             name, vector = self._seeds.pop(0)
             self.optimizer.suggest(vector)
-            source = f"seed:{name}"
+            source = f"{SEED_SOURCE}{name}"
         candidate = self.optimizer.ask()
         cid = self.asked
         self._candidates[cid] = candidate
