@@ -33,7 +33,7 @@ def test_saved_classifier_reproduces_the_run(saved):
     root, result = saved
     clf = PUClassifier.load(root / "model")
     assert sorted(p.name for p in (root / "model").iterdir()) == [META_FILE, WEIGHTS_FILE]
-    assert clf.dim == 12 and clf.meta["loss"] == "pan" and clf.meta["config"]["hidden"] == 32
+    assert clf.dim == 12 and clf.meta["loss"] == "pu-taylor-v2" and clf.meta["config"]["hidden"] == 32
     assert clf.threshold == pytest.approx(result["threshold"]) and clf.meta["val_fitness"] == pytest.approx(result["val_fitness"])
     test = read_table(root / "test.parquet")
     from trainers.metrics import classification_metrics

@@ -29,7 +29,7 @@ def test_float16_pool_trains_in_sync_and_resume_finishes_from_the_checkpoint(tmp
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3] and metrics["replicas_in_sync"]
     assert [w["rows"] for w in metrics["workers"]] == [500, 500]
     assert all(w["bytes"] == 500 * 16 * 2 for w in metrics["workers"])  # float16 in memory
-    assert metrics["val_fitness"] > 0.6  # it learned (the in-process run of these settings: 0.69)
+    assert metrics["val_fitness"] > 0.6  # it learned (the in-process run of these settings: 0.73)
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # the same command again is refused
     assert main(["train-pu", "--run-dir", str(tmp_path / "run"), "--resume"]) == 0
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
