@@ -27,6 +27,10 @@ VAL_METRICS = ("auc", "f1", "ap")  # what a labelled validation set (--val, --va
 # of the losses better than AUC at N = 200 on 2 of 3 measured set x labelling cells, and picked better than
 # average precision on SMS and RT (benchmarks/RESULTS.md).
 DEFAULT_VAL_METRIC = "f1"
+# A searched loss by default, not PAN: at train-pu's defaults (30 epochs, PU only) v2 beat PAN by 2.3
+# F1 and naive by 2.1 on average over ten sets, and v3 collapsed on one (benchmarks/RESULTS.md,
+# "train-pu's default loss").
+DEFAULT_PU_LOSS = "zoo:pu-taylor-v2"
 LABELLING_HELP = ("benchmark data: how the labelled positives are drawn: scar (uniformly), sar-group (a random "
                   "half of the positive groups labelled 5x as often), sar-score (propensity logistic in a random "
                   "direction)")
@@ -84,11 +88,8 @@ def check_validation_options(labelling: str, val: str | None, val_size: int, val
 
 @dataclass
 class PUConfig:
-    # A searched loss by default, not PAN: at these defaults (30 epochs, PU only) v2 beat PAN by
-    # 2.3 F1 and naive by 2.1 on average over ten sets, and v3 collapsed on one (benchmarks/RESULTS.md,
-    # "train-pu's default loss").
-    loss: str = opt("zoo:pu-taylor-v2", "naive|oracle|upu|nnpu|vpu|pan, a Taylor loss .json, "
-                                              "or zoo:NAME (default: zoo:pu-taylor-v2, a searched loss)")
+    loss: str = opt(DEFAULT_PU_LOSS, "naive|oracle|upu|nnpu|vpu|pan, a Taylor loss .json, or zoo:NAME "
+                                     f"(default: {DEFAULT_PU_LOSS}, a searched loss)")
     labelled_frac: float = opt(0.1, "benchmark data (truth 'label'): share of positives drawn as labelled")
     labelling: str = opt("scar", LABELLING_HELP, choices=LABELLINGS)
     val: str | None = opt(None, VAL_HELP)
